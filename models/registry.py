@@ -1,0 +1,125 @@
+"""The module registry behind the YAML parser.
+
+Each YAML module name maps to a class and a *row function* that says, once, how a row of that module
+becomes a built module: `row(cls, args, n, c_in, ctx) -> (module, c2)`, where `args` are the row's
+arguments with symbols resolved, `n` the repeat count after `depth_multiple`, `c_in` the input width
+(a list of widths for multi-input rows) and `ctx` the model-wide scaling. Adding a module is one
+decorator, `@register("Name", row=row_width)`; the parser never changes.
+
+The standard YOLOv5 layers come from the ultralytics package and are registered at the bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+from ultralytics.nn.modules import (
+    C2f,
+    C3,
+    C3TR,
+    SPP,
+    SPPF,
+    Bottleneck,
+    BottleneckCSP,
+    C3Ghost,
+    C3k2,
+    C3x,
+    Concat,
+    Conv,
+    ConvTranspose,
+    DWConv,
+    Focus,
+    GhostConv,
+)
+from ultralytics.utils.ops import make_divisible
+
+
+@dataclass
+class Scaling:
+    """What a row function may need from the model as a whole."""
+
+    width_multiple: float = 1.0
+    max_channels: int = 1 << 30
+    nc: int = 80
+    no: int | None = None  # the outputs of an old-style head conv row (na * (nc + 5)): never width-scaled
+
+    def width(self, c2) -> int:
+        """Scale an output width the way YOLOv5 does: times width_multiple, rounded up to a multiple of 8."""
+        if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
+            raise ValueError(f"the first argument must be the output width (a positive integer), got {c2!r}")
+        if c2 == self.no:
+            return c2
+        return make_divisible(min(c2, self.max_channels) * self.width_multiple, 8)
+
+
+RowFunction = Callable[[type, list, int, "int | list[int]", Scaling], "tuple[nn.Module, int]"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    cls: type
+    row: RowFunction
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(*names: str, row: RowFunction):
+    """Class decorator: make `cls` available to YAML rows under `names`, built by `row`."""
+
+    def decorate(cls):
+        for name in names or (cls.__name__,):
+            REGISTRY[name] = Entry(cls, row)
+        return cls
+
+    return decorate
+
+
+def repeat(make: Callable[[int], nn.Module], n: int) -> nn.Module:
+    """One module, or an nn.Sequential of `n` (make(0), make(1), ...) for a row with number > 1."""
+    return make(0) if n == 1 else nn.Sequential(*(make(i) for i in range(n)))
+
+
+# --- row functions -------------------------------------------------------------------------------
+
+
+def row_width(cls, args, n, c_in, ctx):
+    """`[c2, *rest]` -> cls(c1, c2, *rest); repeats chain, so only the first sees c1."""
+    c2 = ctx.width(args[0] if args else None)
+    return repeat(lambda i: cls(c_in if i == 0 else c2, c2, *args[1:]), n), c2
+
+
+def row_width_repeats_inside(cls, args, n, c_in, ctx):
+    """`[c2, *rest]` -> cls(c1, c2, n, *rest): CSP blocks repeat their inner blocks themselves."""
+    c2 = ctx.width(args[0] if args else None)
+    return cls(c_in, c2, n, *args[1:]), c2
+
+
+def row_same_width(cls, args, n, c_in, ctx):
+    """Layers that keep the width (nn.Upsample, nn.Identity, ...): cls(*args)."""
+    return repeat(lambda i: cls(*args), n), c_in
+
+
+def row_concat(cls, args, n, c_in, ctx):
+    """Concat: the output width is the sum of the inputs'."""
+    if not isinstance(c_in, list):
+        raise ValueError("Concat needs a list of inputs in 'from', e.g. [-1, 6]")
+    return cls(*args), sum(c_in)
+
+
+def row_batchnorm(cls, args, n, c_in, ctx):
+    return repeat(lambda i: cls(c_in), n), c_in
+
+
+# --- YOLOv5's standard layers, from the ultralytics package ---------------------------------------
+
+for _cls in (Conv, DWConv, GhostConv, ConvTranspose, Bottleneck, SPP, SPPF, Focus):
+    register(_cls.__name__, row=row_width)(_cls)
+for _cls in (C3, C3x, C3TR, C3Ghost, BottleneckCSP, C2f, C3k2):
+    register(_cls.__name__, row=row_width_repeats_inside)(_cls)
+register("Concat", row=row_concat)(Concat)
+register("nn.Conv2d", row=row_width)(nn.Conv2d)  # [c2, k, s, ...] like Conv
+register("nn.ConvTranspose2d", row=row_width)(nn.ConvTranspose2d)
+register("nn.BatchNorm2d", row=row_batchnorm)(nn.BatchNorm2d)

@@ -1,0 +1,287 @@
+"""YOLOv5 models from YAML: `Model`, `parse_model`, `load_model`, and a summary on the command line.
+
+    python models/yolo.py --cfg cfg/yolov5s-hornet.yaml     # rows, parameters, GFLOPs
+
+A YAML has `nc`, optional `anchors`, `depth_multiple`/`width_multiple` (or ultralytics' `scales:`
+block, the scale letter taken from the file name), and `backbone` + `head` rows
+`[from, number, module, args]`. Modules resolve through `models.registry` (or `torch.nn` for
+`nn.*` names); string arguments through a literal parser and the symbols `nc`, `anchors`, `None`.
+Nothing is ever `eval()`-ed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import operator
+import os
+import re
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so that `python models/yolo.py` finds the project
+
+import models  # noqa: E402  (sets offline mode before ultralytics loads)
+from models import heads, hornet  # noqa: E402,F401  (their modules register themselves)
+from models.heads import AnchorDetect  # noqa: E402
+from models.registry import REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.nn.modules import Detect  # noqa: E402
+from ultralytics.utils import LOGGER  # noqa: E402
+from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
+
+
+class ModelConfigError(ValueError):
+    """A model YAML that cannot be built; the message names the file and the row."""
+
+
+# --- reading a YAML ----------------------------------------------------------------------------
+
+SCALE_IN_NAME = re.compile(r"^(yolov5)([nslmx])(.*)$")  # yolov5s-hornet -> yolov5 + s + -hornet
+
+
+def load_model_yaml(cfg) -> dict:
+    """A model dict from a dict or a path; `yolov5s-x.yaml` may be scale 's' of a `yolov5-x.yaml` with `scales:`."""
+    if isinstance(cfg, dict):
+        return deepcopy(cfg)
+    path = Path(cfg)
+    match = SCALE_IN_NAME.match(path.stem)
+    if not path.is_file() and match and (path.with_name(match[1] + match[3] + path.suffix)).is_file():
+        unified = path.with_name(match[1] + match[3] + path.suffix)
+    elif path.is_file():
+        unified = path
+    else:
+        raise FileNotFoundError(f"model YAML not found: {path}")
+    try:
+        d = yaml.safe_load(unified.read_text())
+    except yaml.YAMLError as e:
+        raise ModelConfigError(f"{unified}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ModelConfigError(f"{unified}: a model YAML must be a mapping with nc, backbone and head")
+    if "scales" in d and match and "scale" not in d:
+        d["scale"] = match[2]
+    d["yaml_file"] = str(path)
+    return d
+
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def literal(value, symbols: dict):
+    """A YAML argument with symbols and arithmetic on numbers resolved ('nc', '1/3'); other strings stay strings."""
+    if not isinstance(value, str):
+        return value
+    if value in symbols:
+        return symbols[value]
+
+    def number(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = number(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](number(node.left), number(node.right))
+        raise ValueError
+
+    try:
+        return number(ast.parse(value, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        return value  # a plain string such as 'nearest' or 'gf'
+
+
+def resolve_module(name) -> tuple[str, Entry]:
+    """The registry entry for a module name, or a torch.nn layer that keeps its input width."""
+    if not isinstance(name, str):
+        raise ValueError(f"module must be a name, got {name!r}")
+    if name in REGISTRY:
+        return name, REGISTRY[name]
+    torch_name = name[3:] if name.startswith("nn.") else None
+    if torch_name and isinstance(getattr(nn, torch_name, None), type):
+        return name, Entry(getattr(nn, torch_name), row_same_width)
+    close = difflib.get_close_matches(name, list(REGISTRY) + ["nn.Upsample"], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known modules: {', '.join(sorted(REGISTRY))}"
+    raise ValueError(f"unknown module {name!r}{hint}")
+
+
+def check_from(f, i: int):
+    """`from` is -1 (previous row), an earlier row index, a negative offset to one, or a list of those."""
+    for j in f if isinstance(f, list) else [f]:
+        if isinstance(j, bool) or not isinstance(j, int):
+            raise ValueError(f"'from' must be an integer or a list of integers, got {f!r}")
+        if j != -1 and not (0 <= (i + j if j < 0 else j) < i):
+            raise ValueError(f"'from' index {j} is out of range: row {i} can only take rows 0..{i - 1} (or -1)")
+
+
+def parse_model(d: dict, ch, verbose: bool = True):
+    """Build the rows of a model dict: `(nn.Sequential, sorted indices of outputs later rows take)`.
+
+    `ch` is a list whose last item is the number of input channels, as in YOLOv5.
+    """
+    source = d.get("yaml_file", "model dict")
+    for key in ("backbone", "head"):
+        if not isinstance(d.get(key), list):
+            raise ModelConfigError(f"{source}: missing '{key}' (a list of [from, number, module, args] rows)")
+    nc = d.get("nc")
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+        raise ModelConfigError(f"{source}: 'nc' must be a positive integer, got {nc!r}")
+    depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), 1 << 30
+    if "scales" in d:
+        scales = d["scales"]
+        scale = d.get("scale") or next(iter(scales))
+        if scale not in scales:
+            raise ModelConfigError(f"{source}: scale {scale!r} is not in scales {list(scales)}")
+        depth, width, *rest = scales[scale]
+        max_channels = rest[0] if rest else max_channels
+    anchors = d.get("anchors")
+    na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors else 0
+    scaling = Scaling(width, max_channels, nc, na * (nc + 5) if na else None)
+    symbols = {"nc": nc, "anchors": anchors, "None": None, "True": True, "False": False}
+
+    if verbose:
+        LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+    c_image = ch[-1] if isinstance(ch, list) else ch
+    widths, layers, save = [], [], set()
+    for i, row in enumerate(d["backbone"] + d["head"]):
+        try:
+            if not isinstance(row, list) or len(row) != 4:
+                raise ValueError("a row must be [from, number, module, args]")
+            f, n, name, args = row
+            check_from(f, i)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"number must be a positive integer, got {n!r}")
+            if not isinstance(args, list):
+                raise ValueError(f"args must be a list, got {args!r}")
+            name, entry = resolve_module(name)
+            args = [literal(a, symbols) for a in args]
+            n = max(round(n * depth), 1) if n > 1 else n
+
+            def width_of(j):
+                return c_image if i == 0 else widths[j]  # negative j counts back from this row
+
+            c_in = [width_of(j) for j in f] if isinstance(f, list) else width_of(f)
+            module, c2 = entry.row(entry.cls, args, n, c_in, scaling)
+        except ModelConfigError:
+            raise
+        except Exception as e:  # the constructors' own TypeErrors/ValueErrors, with the row attached
+            raise ModelConfigError(f"{source}: row {i} {row}: {e}") from e
+        module.i, module.f, module.type = i, f, name
+        module.np = sum(p.numel() for p in module.parameters())
+        if verbose:
+            LOGGER.info(f"{i:>3}{str(f):>18}{n:>3}{module.np:10.0f}  {name:<40}{str(args):<30}")
+        save.update(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(module)
+        widths.append(c2)
+    return nn.Sequential(*layers), sorted(save)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+class Model(DetectionModel):
+    """A YOLOv5 detector built from a YAML (path or dict): `model.model[i]` is row i.
+
+    Runs on the ultralytics engine as a DetectionModel: in training a forward returns the head's raw
+    outputs, in eval `(predictions (B, 4 + nc, N), raw)`.
+    """
+
+    def __init__(self, cfg="cfg/yolov5s-hornet.yaml", ch: int = 3, nc: int | None = None, verbose: bool = True):
+        nn.Module.__init__(self)  # DetectionModel.__init__ would parse with the ultralytics parser
+        self.yaml = load_model_yaml(cfg)
+        if nc and nc != self.yaml.get("nc"):
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml.get('nc')} with nc={nc}")
+            self.yaml["nc"] = nc
+        self.yaml["channels"] = ch
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch], verbose=verbose)
+        self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
+        self.inplace = True
+        self.stride = self._build_strides(ch)
+        initialize_weights(self)
+        if verbose:
+            self.info()
+
+    def _build_strides(self, ch: int, size: int = 256) -> torch.Tensor:
+        """Run a blank image through the rows to learn each head input's stride; a failing row is named."""
+        head = self.model[-1]
+        entered, shapes = [], []
+        hooks = [m.register_forward_pre_hook(lambda m, x: entered.append(m.i)) for m in self.model]
+        hooks.append(head.register_forward_pre_hook(lambda m, x: shapes.extend(t.shape[-2] for t in x[0])))
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.predict(torch.zeros(1, ch, size, size))
+        except Exception as e:
+            i = entered[-1] if entered else 0
+            row = (self.yaml["backbone"] + self.yaml["head"])[i]
+            raise ModelConfigError(f"{self.yaml.get('yaml_file', 'model dict')}: row {i} {row}: fails on a {size}x{size} input: {e}") from e
+        finally:
+            for h in hooks:
+                h.remove()
+            self.model.train()
+        if not isinstance(head, (AnchorDetect, Detect)):
+            return torch.tensor([32.0])
+        head.stride = torch.tensor([size / s for s in shapes], dtype=torch.float32)
+        if isinstance(head, AnchorDetect):
+            head.check_anchor_order()
+            head.anchors /= head.stride.view(-1, 1, 1)  # pixels -> stride units
+        head.bias_init()
+        return head.stride
+
+    def init_criterion(self):
+        if isinstance(self.model[-1], AnchorDetect):
+            from utils.loss import AnchorLoss
+
+            return AnchorLoss(self)
+        return super().init_criterion()
+
+
+def save_checkpoint(path, model: Model, **extra) -> Path:
+    """Write `{'model_yaml', 'model' (float32 state_dict), 'names', **extra}` atomically: temp file, then rename.
+
+    Everything in it is plain tensors, dicts, lists, strings and numbers, so it loads with weights_only=True.
+    """
+    path = Path(path)
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in model.state_dict().items()}
+    ckpt = {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one, never half of one
+    return path
+
+
+def load_model(path, device="cpu") -> Model:
+    """The model of a checkpoint that train.py wrote, rebuilt from its YAML dict (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (torch.load failed: {e})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
+    model = Model(ckpt["model_yaml"], ch=ckpt["model_yaml"].get("channels", 3), verbose=False)
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("names"):
+        model.names = {int(k): v for k, v in ckpt["names"].items()}
+    model.pt_path = str(path)
+    return model.to(device).eval()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Build a model YAML and print its summary")
+    parser.add_argument("--cfg", type=str, default="cfg/yolov5s-hornet.yaml", help="model YAML")
+    parser.add_argument("--nc", type=int, default=None, help="override the number of classes")
+    opt = parser.parse_args()
+    try:
+        Model(opt.cfg, nc=opt.nc, verbose=True)
+    except (ModelConfigError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
