@@ -1,0 +1,156 @@
+"""Train a HorNet-YOLOv5 detector on a dataset, with YOLOv5's flags, on the ultralytics engine.
+
+    python train.py                                             # yolov5s-hornet on the embedded shapes set
+    python train.py --cfg cfg/yolov5n-hornet.yaml --img 160 --epochs 15
+    python train.py --cfg cfg/yolov5s-hornet.yaml --hyp data/hyps/hyp.hornet.yaml --data my.yaml
+    python train.py --weights runs/train/exp/weights/best.pt   # fine-tune from one of our checkpoints
+    python train.py --resume                                    # continue the newest run under runs/train
+    python train.py --resume runs/train/exp3/weights/last.pt
+
+In: a model YAML (--cfg) and/or weights, a dataset YAML (--data), a YOLOv5 hyp file (--hyp). Out: a run folder
+runs/train/exp, exp2, ... with results.csv, plots and weights/last.pt, best.pt (weights_only loadable).
+Python: `import train; train.run(cfg=..., data=..., epochs=1)` returns the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+from utils.trainer import HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
+
+DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    """YOLOv5's train.py flags (plus --albumentations)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", type=str, default="", help="initial weights: our checkpoint or an official HorNet ImageNet one")
+    p.add_argument("--cfg", type=str, default=None, help=f"model YAML (default {DEFAULT_CFG}, or the model of --weights)")
+    p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
+    p.add_argument("--hyp", type=str, default="data/hyps/hyp.scratch-low.yaml", help="hyperparameters YAML")
+    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the newest run, or the given last.pt")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate the final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default=None, help="optimizer (default: the hyp's, else SGD)")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per RANK in DDP mode)")
+    p.add_argument("--project", default=str(ROOT / "runs/train"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze the first N rows (--freeze 10), or rows (--freeze 0 1 2)")
+    p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--albumentations", type=str, default="", help="albumentations pipeline YAML (albumentations' own format)")
+    return p.parse_args(argv)
+
+
+def is_our_checkpoint(path: str) -> bool:
+    from models.hornet_weights import is_official_hornet_checkpoint
+
+    return bool(path) and Path(path).is_file() and not is_official_hornet_checkpoint(path)
+
+
+def overrides_from(opt: argparse.Namespace) -> dict:
+    """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names)."""
+    project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
+    if opt.resume:
+        return {"resume": opt.resume, "project": project, "device": opt.device or None}
+    hyp = load_hyp(opt.hyp)
+    optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
+    hyp.pop("optimizer", None)
+    if opt.weights and not Path(opt.weights).is_file():
+        raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
+    if opt.cfg is None and is_our_checkpoint(opt.weights):
+        model = opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
+    else:
+        model = opt.cfg or DEFAULT_CFG
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
+    if not Path(opt.data).is_file():
+        raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
+    save_dir = increment_run_dir(project, opt.name, opt.exist_ok)  # exp, exp2, ... as YOLOv5 names them
+    freeze = opt.freeze[0] if len(opt.freeze) == 1 else list(opt.freeze)
+    overrides = {
+        "task": "detect",
+        "mode": "train",
+        "model": model,
+        "data": opt.data,
+        "epochs": opt.epochs,
+        "batch": opt.batch_size,
+        "imgsz": opt.imgsz,
+        "rect": opt.rect,
+        "save": not opt.nosave,
+        "val": not opt.noval,
+        "plots": not opt.noplots,
+        "cache": opt.cache or False,
+        "device": opt.device or None,
+        "multi_scale": 0.5 if opt.multi_scale else 0.0,
+        "single_cls": opt.single_cls,
+        "optimizer": optimizer,
+        "workers": opt.workers,
+        "project": project,
+        "name": save_dir.name,
+        "save_dir": str(save_dir),
+        "exist_ok": opt.exist_ok,
+        "cos_lr": opt.cos_lr,
+        "patience": opt.patience,
+        "freeze": freeze or None,
+        "save_period": opt.save_period,
+        "seed": opt.seed,
+        "close_mosaic": 0,  # YOLOv5 keeps mosaic to the end; a hyp may set close_mosaic
+        "pretrained": False,
+        **hyp,
+        "autoanchor": not opt.noautoanchor,
+        "weights": opt.weights if model != opt.weights else "",
+        "hyp": str(opt.hyp),
+    }
+    if opt.label_smoothing:
+        overrides["label_smoothing"] = opt.label_smoothing
+    if opt.albumentations:
+        from utils.augment import load_albumentations
+
+        overrides["augmentations"] = load_albumentations(opt.albumentations)
+        overrides["albumentations"] = str(opt.albumentations)
+    return overrides
+
+
+def main(opt: argparse.Namespace) -> HorNetTrainer:
+    trainer = HorNetTrainer(overrides=overrides_from(opt))
+    trainer.train()
+    return trainer
+
+
+def run(**kwargs) -> HorNetTrainer:
+    """`run(cfg='cfg/yolov5n.yaml', data=..., epochs=1, imgsz=64)`: flags as keyword arguments (dashes -> underscores)."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise TypeError(f"train.run(): unknown option {k!r}")
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except (FileNotFoundError, HypError) as e:
+        sys.exit(f"error: {e}")

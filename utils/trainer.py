@@ -1,0 +1,436 @@
+"""Engine glue: our model, loss, hyps and weights_only checkpoints on the ultralytics DetectionTrainer/Validator.
+
+In: the ultralytics trainer args (`overrides`, a dict of its own keys) plus the YOLOv5-only keys in
+`EXTRA_DEFAULTS` (obj, anchor_t, fl_gamma, label_smoothing, drop_path, autoanchor, weights, ...), which
+ride on the same args namespace (so DDP workers and checkpoints carry them) but are kept away from the
+engine's key check. Out: runs under `save_dir` with results.csv and `weights/last.pt`, `best.pt` written
+by `models.yolo.save_checkpoint` (plain tensors and dicts: `torch.load(..., weights_only=True)` works).
+
+    trainer = HorNetTrainer(overrides={"model": "cfg/yolov5n-hornet.yaml", "data": "data/shapes.yaml", ...})
+    trainer.train()
+
+What differs from the stock DetectionTrainer:
+- `get_model` builds `models.yolo.Model`; `nc` comes from the data (the Model says once when it overrides
+  the YAML's); `--weights` transfers matching tensors from our checkpoints or loads official HorNet ones.
+- `save_model`, `check_resume`, `setup_model`, `_load_checkpoint_state`, `final_eval` use our checkpoint
+  format instead of pickling the model.
+- Autoanchor (`utils.autoanchor.check_anchors`) runs once the training labels are loaded, before the EMA.
+- For the anchor-free head the YOLOv5 loss gains (box 0.05) do not fit the ultralytics loss, so its own
+  defaults (box 7.5, cls 0.5, dfl 1.5) are used unless the hyp gives `dfl`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from copy import copy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import distributed as dist
+
+import models  # noqa: F401  (offline mode before ultralytics loads)
+from models.heads import AnchorDetect
+from models.hornet import set_drop_path
+from models.yolo import Model, load_model, save_checkpoint
+from ultralytics import __version__
+from ultralytics.cfg import get_cfg
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+# YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning
+# (cls_pw: YOLOv5's class-BCE positive weight, read by utils.loss.AnchorLoss; see set_model_attributes).
+ENGINE_HYP_KEYS = (
+    "lr0 lrf momentum weight_decay warmup_epochs warmup_momentum warmup_bias_lr box cls cls_pw dfl "
+    "hsv_h hsv_s hsv_v degrees translate scale shear perspective flipud fliplr mosaic mixup copy_paste "
+    "cutmix bgr close_mosaic nbs"
+).split()
+
+# Keys the ultralytics args do not have: YOLOv5's loss/anchor hyps and our own options, with defaults.
+EXTRA_DEFAULTS = {
+    "obj": 1.0,  # objectness loss gain
+    "obj_pw": 1.0,  # objectness BCE positive weight
+    "iou_t": 0.2,  # YOLOv5 keeps it in its hyps; unused in training
+    "anchor_t": 4.0,  # anchor-multiple threshold (loss matching and autoanchor)
+    "fl_gamma": 0.0,  # focal loss gamma
+    "label_smoothing": 0.0,  # class label smoothing epsilon
+    "drop_path": 0.0,  # stochastic depth over the HorBlocks
+    "autoanchor": True,  # check (and fix) the anchors before training
+    "weights": "",  # initial weights: our checkpoint or an official HorNet one
+    "hyp": "",  # the hyp file used (recorded for the run)
+    "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
+}
+HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
+HYP_FILE_ONLY = ("optimizer",)  # allowed in a hyp file, applied unless the command line gives it
+
+# Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
+RESUME_ALLOWED = {"device", "workers", "cache", "plots", "save_period", "patience"}
+
+# ultralytics' own loss gains for its anchor-free head (cfg/default.yaml)
+ANCHOR_FREE_GAINS = {k: DEFAULT_CFG_DICT[k] for k in ("box", "cls", "dfl")}
+
+
+class HypError(ValueError):
+    """A hyp file with an unknown key or a bad value; the message names the file and the key."""
+
+
+def load_hyp(path) -> dict:
+    """The hyperparameters of a YOLOv5-style hyp YAML, checked: unknown keys and non-numbers are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hyp file not found: {path}")
+    try:
+        hyp = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HypError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(hyp, dict):
+        raise HypError(f"{path}: a hyp file must be a mapping of key: value")
+    for k, v in hyp.items():
+        if k in HYP_FILE_ONLY:
+            if v not in {"SGD", "Adam", "AdamW"}:
+                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {v!r}")
+        elif k not in HYP_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(str(k), HYP_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {', '.join(HYP_KEYS)}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
+    return hyp
+
+
+def plain(x):
+    """`x` with numpy scalars, paths, tuples and other objects turned into what weights_only loading accepts."""
+    if isinstance(x, dict):
+        return {str(k) if not isinstance(k, int) else k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def read_checkpoint(path) -> dict:
+    """A checkpoint dict loaded with weights_only=True; a clear error when it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a HorNet-YOLOv5 checkpoint (torch.load with weights_only=True failed: {e})") from None
+    if not isinstance(ckpt, dict) or "model_yaml" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path}: not a HorNet-YOLOv5 checkpoint (no 'model_yaml' and 'model')")
+    return ckpt
+
+
+def transfer_weights(model: torch.nn.Module, path, exclude=("anchors",)) -> dict:
+    """Copy the tensors of our checkpoint at `path` whose names and shapes match into `model`; report the rest.
+
+    Returns {'transferred': n, 'total': tensors in the model, 'mismatched': [(key, ckpt shape, model shape)],
+    'missing': model keys the checkpoint lacks, 'unused': checkpoint keys the model lacks}.
+    """
+    src = read_checkpoint(path)["model"]
+    dst = model.state_dict()
+    take, mismatched = {}, []
+    for k, v in src.items():
+        if k in dst and not any(x in k for x in exclude):
+            if v.shape == dst[k].shape:
+                take[k] = v
+            else:
+                mismatched.append((k, tuple(v.shape), tuple(dst[k].shape)))
+    model.load_state_dict(take, strict=False)
+    report = {
+        "transferred": len(take),
+        "total": len(dst),
+        "mismatched": mismatched,
+        "missing": [k for k in dst if k not in src],
+        "unused": [k for k in src if k not in dst],
+    }
+    LOGGER.info(f"Transferred {len(take)}/{len(dst)} items from {path}")
+    for k, a, b in mismatched:
+        LOGGER.info(f"  not transferred (shape {a} in checkpoint, {b} in model): {k}")
+    if report["missing"]:
+        LOGGER.info(f"  {len(report['missing'])} model tensors not in the checkpoint, e.g. {report['missing'][:3]}")
+    return report
+
+
+def latest_run(project) -> Path:
+    """The newest `last.pt` under `project` (YOLOv5's `--resume` without a path)."""
+    runs = glob.glob(f"{project}/**/last.pt", recursive=True)
+    if not runs:
+        raise FileNotFoundError(f"--resume: no last.pt under {project}; give the checkpoint: --resume path/to/last.pt")
+    return Path(max(runs, key=os.path.getmtime))
+
+
+def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Path:
+    """YOLOv5's run folders: project/exp, exp2, exp3, ... made here so that two runs never share one."""
+    project = Path(project)
+    project.mkdir(parents=True, exist_ok=True)
+    path = project / name
+    if exist_ok:
+        path.mkdir(exist_ok=True)
+        return path
+    for n in range(1, 10000):
+        path = project / (name if n == 1 else f"{name}{n}")
+        try:
+            path.mkdir()  # atomic: the run that creates the folder owns it
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder for {project / name}")
+
+
+def _head(model) -> torch.nn.Module:
+    return unwrap_model(model).model[-1]
+
+
+class HorNetValidator(DetectionValidator):
+    """The ultralytics DetectionValidator, with datasets built by `utils.data.build_yolo_dataset` (bad rows skipped, named).
+
+    Takes the trainer's args too: our extra keys (EXTRA_DEFAULTS) are dropped before the engine checks them.
+    """
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
+        args = {k: v for k, v in (vars(args) if not isinstance(args, dict) and args is not None else args or {}).items()
+                if k not in EXTRA_DEFAULTS}
+        super().__init__(dataloader, save_dir, args, _callbacks)
+
+    def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
+        try:
+            from utils.data import build_yolo_dataset
+        except ImportError:  # utils/data.py not there (yet): the engine's own
+            return super().build_dataset(img_path, mode, batch)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
+
+
+class HorNetTrainer(DetectionTrainer):
+    """DetectionTrainer for `models.yolo.Model` with YOLOv5's hyps, autoanchor and weights_only checkpoints.
+
+    In: `overrides` as the ultralytics trainer takes them (`model` is a model YAML, or a checkpoint of ours
+    to build from), plus any of `EXTRA_DEFAULTS`. Out: `train()` writes the run; `self.best`, `self.last`.
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        overrides = dict(overrides or {})
+        # Our keys would fail the engine's key check: set them aside, put them on args in check_resume
+        self._extras = {k: overrides.pop(k) for k in list(overrides) if k in EXTRA_DEFAULTS}
+        self._anchors_checked = False
+        super().__init__(cfg, overrides, _callbacks)
+
+    # --- args, resume ----------------------------------------------------------------------------------
+
+    def check_resume(self, overrides: dict):
+        """Put our extra keys on args; when resuming, take all args from the checkpoint (weights_only load)."""
+        resume = self.args.resume
+        if not resume:
+            for k, v in {**EXTRA_DEFAULTS, **self._extras}.items():
+                setattr(self.args, k, v)
+            self.resume = False
+            return
+        last = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"} else None
+        last = last or latest_run(self.args.project or "runs/train")
+        ckpt = read_checkpoint(last)
+        args = dict(ckpt.get("train_args") or {})
+        if not args:
+            raise ValueError(f"{last}: has no training args to resume with (a stripped, finished run?)")
+        extras = {k: args.pop(k) for k in list(args) if k in EXTRA_DEFAULTS}
+        args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
+        for k in RESUME_ALLOWED & set(overrides):
+            args[k] = overrides[k]
+        self.args = get_cfg(args)
+        for k, v in {**EXTRA_DEFAULTS, **extras}.items():
+            setattr(self.args, k, v)
+        self.args.model = self.args.resume = str(last)
+        self.resume = True
+        LOGGER.info(f"Resuming {last} with the arguments it was started with")
+
+    # --- data ------------------------------------------------------------------------------------------
+
+    def get_dataset(self):
+        """The data dict; `utils.data.load_data_config` first for clear errors and the embedded set's download."""
+        data = self.args.data
+        if data and str(data).endswith((".yaml", ".yml")) and not Path(data).is_file() and RANK in {-1, 0}:
+            raise FileNotFoundError(f"data YAML not found: {data}")
+        try:
+            from utils.data import load_data_config
+        except ImportError:
+            load_data_config = None
+        if load_data_config and data:
+            load_data_config(data)
+        return super().get_dataset()
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        try:
+            from utils.data import build_yolo_dataset
+        except ImportError:
+            return super().build_dataset(img_path, mode, batch)
+        gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val" or self.args.rect, stride=gs)
+
+    # --- model -----------------------------------------------------------------------------------------
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """Our Model from a YAML path or dict, nc from the data; `weights` a path (ours or official HorNet)."""
+        model = Model(cfg, ch=self.data.get("channels", 3), nc=self.data["nc"], verbose=verbose and RANK == -1)
+        self.set_model_names_for_load(model)
+        if weights and isinstance(weights, (str, Path)):
+            self.load_weights(model, weights)
+        elif isinstance(weights, torch.nn.Module):
+            model.load_state_dict(weights.state_dict(), strict=False)
+        if getattr(self.args, "drop_path", 0):
+            set_drop_path(model, float(self.args.drop_path))
+            LOGGER.info(f"drop path: up to {self.args.drop_path} over the HorBlocks")
+        return model
+
+    @staticmethod
+    def load_weights(model, path) -> dict:
+        """Official HorNet ImageNet weights into the HorNet rows, or matching tensors of one of our checkpoints."""
+        from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--weights: file not found: {path}")
+        if is_official_hornet_checkpoint(path):
+            report = load_hornet_weights(model, path, verbose=False)
+            LOGGER.info(f"HorNet ImageNet weights from {path}:\n{format_report(report)}")
+            return report
+        return transfer_weights(model, path)
+
+    def setup_model(self):
+        """Build the model: from the resume checkpoint, from a checkpoint of ours, or from the YAML + weights."""
+        if isinstance(self.model, torch.nn.Module):  # given beforehand (DDP worker, Python API)
+            return None
+        if self.resume:
+            ckpt = read_checkpoint(self.args.resume)
+            self.model = self.get_model(cfg=ckpt["model_yaml"], verbose=RANK in {-1, 0})
+            self.model.load_state_dict(ckpt["model"])
+            return ckpt
+        cfg, weights = self.args.model, self.args.weights or None
+        if str(cfg).endswith((".pt", ".pth")):  # --weights ours.pt without --cfg: its model, its anchors
+            self.model = self.get_model(cfg=read_checkpoint(cfg)["model_yaml"], verbose=RANK in {-1, 0})
+            self.model.load_state_dict(read_checkpoint(cfg)["model"], strict=False)
+            LOGGER.info(f"Model and weights from {cfg}")
+            return None
+        self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
+        return None
+
+    def set_model_attributes(self):
+        """nc, names, args onto the model; the anchor-free head gets the ultralytics loss gains."""
+        super().set_model_attributes()
+        if not isinstance(_head(self.model), AnchorDetect):
+            if self.args.box < 1:
+                # box 0.05 is YOLOv5's gain for its CIoU loss; the ultralytics loss is scaled for 7.5
+                LOGGER.info(f"anchor-free head: ultralytics loss gains {ANCHOR_FREE_GAINS} instead of the hyp's box/cls")
+                for k, v in ANCHOR_FREE_GAINS.items():
+                    setattr(self.args, k, v)
+            self.args.cls_pw = 0.0  # ultralytics' cls_pw means class-frequency weights, not YOLOv5's BCE weight
+
+    def set_class_weights(self):
+        """ultralytics' class-frequency weights are for its own loss only (AnchorLoss reads cls_pw as YOLOv5 does)."""
+        if not isinstance(_head(self.model), AnchorDetect):
+            super().set_class_weights()
+
+    def _build_train_pipeline(self):
+        """Dataloaders, then autoanchor once (before the EMA copy is made, after the labels are loaded)."""
+        head = _head(self.model)
+        if not hasattr(head, "max_det"):
+            head.max_det = self.args.max_det  # the engine sets it on the head and warns when it has none
+        super()._build_train_pipeline()
+        if self._anchors_checked or self.resume:
+            return
+        self._anchors_checked = True
+        if not isinstance(_head(self.model), AnchorDetect):
+            return
+        if not self.args.autoanchor:
+            LOGGER.info(f"{colorstr('AutoAnchor: ')}skipped (--noautoanchor)")
+            return
+        if RANK in {-1, 0}:
+            from utils.autoanchor import check_anchors
+
+            check_anchors(self.train_loader.dataset, unwrap_model(self.model), thr=self.args.anchor_t, imgsz=self.args.imgsz)
+        if self.world_size > 1:  # the other ranks take rank 0's anchors
+            dist.broadcast(_head(self.model).anchors, src=0)
+
+    def get_validator(self):
+        self.loss_names = ()  # named by the criterion's dict on the first batch
+        return HorNetValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def checkpoint_extras(self) -> dict:
+        """Everything but the model that last.pt holds, as plain data."""
+        return plain(
+            {
+                "epoch": self.epoch,
+                "best_fitness": self.best_fitness,
+                "fitness": self.fitness,
+                "updates": self.ema.updates,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "stopper": {"best_fitness": self.stopper.best_fitness, "best_epoch": self.stopper.best_epoch},
+                "hyp": {k: getattr(self.args, k, None) for k in HYP_KEYS},
+                "train_args": vars(self.args),
+                "train_metrics": {**(self.metrics or {}), "fitness": self.fitness},
+                "date": datetime.now().astimezone().isoformat(),
+                "version": f"ultralytics {__version__}",
+            }
+        )
+
+    def save_model(self) -> bool:
+        """last.pt (and best.pt, epochN.pt) via models.yolo.save_checkpoint: atomic, weights_only loadable."""
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.last, self.ema.ema, **self.checkpoint_extras())
+        copies = []
+        if self.best_fitness == self.fitness:
+            copies.append(self.best)
+        if self.save_period > 0 and self.epoch % self.save_period == 0:
+            copies.append(self.wdir / f"epoch{self.epoch}.pt")
+        for f in copies:  # copy then rename, so a kill never leaves half a file
+            tmp = f.with_name(f.name + ".tmp")
+            shutil.copyfile(self.last, tmp)
+            os.replace(tmp, f)
+        return True
+
+    def _load_checkpoint_state(self, ckpt: dict):
+        """Optimizer, scaler, EMA, best fitness and early-stopping state from our checkpoint."""
+        if ckpt.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema = ModelEMA(self.model)
+            self.ema.ema.load_state_dict(ckpt["model"])
+            self.ema.updates = ckpt.get("updates", 0)
+        self.best_fitness = ckpt.get("best_fitness")
+        self.stopper.__dict__.update(ckpt.get("stopper") or {})
+
+    def final_eval(self):
+        """Drop the optimizer from last.pt/best.pt (as YOLOv5 does), then validate best.pt."""
+        if RANK in {-1, 0}:
+            for f in (self.last, self.best):
+                if f.is_file():
+                    ckpt = read_checkpoint(f)
+                    ckpt["optimizer"] = None
+                    model = Model(ckpt.pop("model_yaml"), ch=self.data.get("channels", 3), verbose=False)
+                    model.load_state_dict(ckpt.pop("model"))
+                    model.names = ckpt.pop("names")
+                    save_checkpoint(f, model, **ckpt)
+        if self.best.is_file() and RANK in {-1, 0}:
+            LOGGER.info(f"\nValidating {self.best}...")
+            self.validator.args.plots = self.args.plots
+            self.validator.args.compile = False
+            self.metrics = self.validator(model=load_model(self.best, device=self.device))
+            self.metrics.pop("fitness", None)
+            self.epoch += 1  # log best metrics at step epochs+1, not overwriting the last epoch
+            self.run_callbacks("on_fit_epoch_end")
+            self.epoch -= 1
