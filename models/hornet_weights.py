@@ -281,7 +281,7 @@ def format_report(report: dict) -> str:
 def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The HorNet rows of `model` as an official state_dict (`downsample_layers.*`, `stages.*`).
 
-    Detached copies; no classifier keys; a HorBlock's own `proj` (input width != output width) has no
+    Detached tensors that share storage with the model, as `state_dict()` gives them; no classifier keys; a HorBlock's own `proj` (input width != output width) has no
     official name and is left out. `{'model': to_official_state_dict(m)}` loads with load_hornet_weights.
     """
     slots, _ = hornet_slots(model)
@@ -289,5 +289,5 @@ def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for prefix in sorted(slots, key=_slot_order):
         for name, t in slots[prefix][2].state_dict().items():
             if not name.startswith("proj."):
-                out[f"{prefix}.{name}"] = t.detach().clone()
+                out[f"{prefix}.{name}"] = t.detach()
     return out
