@@ -1,0 +1,152 @@
+"""Export a HorNet-YOLOv5 checkpoint to ONNX and TorchScript, and check the ONNX file against PyTorch.
+
+    python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
+    python export.py --weights best.pt --include onnx --imgsz 384 640 --dynamic   # H W, dynamic batch/size
+
+The files land next to the weights (`best.onnx`, `best.torchscript`) and carry the metadata ultralytics'
+AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py` take them as they
+are. Global Filter (GF) models export too: their FFT becomes DFT matrix products for the export size (see
+utils/export.py), so their height and width are fixed (--dynamic leaves only the batch dynamic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+import torch  # noqa: E402
+from models.yolo import load_model  # noqa: E402
+from ultralytics.utils import LOGGER  # noqa: E402
+from ultralytics.utils.checks import check_imgsz  # noqa: E402
+from ultralytics.utils.torch_utils import select_device  # noqa: E402
+from utils.export import (  # noqa: E402
+    export_metadata,
+    export_onnx,
+    export_torchscript,
+    exportable_model,
+    has_global_filter,
+    max_diffs,
+    onnx_output,
+    reference_output,
+    torchscript_output,
+)
+from utils.predict import newest_weights  # noqa: E402
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
+TOLERANCE = 1e-3  # largest accepted |ONNX - PyTorch| on scores, and on boxes as a fraction of the image size
+
+
+class ExportError(RuntimeError):
+    """An export that did not produce a file matching PyTorch; the message says which and by how much."""
+
+
+def compare(got, want, size: int, label: str) -> float:
+    """Report max |exported - PyTorch| and return it; raises ExportError above TOLERANCE.
+
+    got, want: (B, 4 + nc, N) outputs. Boxes are in pixels (up to the image size `size`) and scores in
+    0..1, so scores are held to TOLERANCE and boxes to TOLERANCE times the image size.
+    """
+    diff_boxes, diff_scores = max_diffs(got, want)
+    LOGGER.info(f"{label}: max |{label} - PyTorch| = {max(diff_boxes, diff_scores):.3g} (boxes {diff_boxes:.3g} px, scores {diff_scores:.3g})")
+    if diff_scores > TOLERANCE or diff_boxes > TOLERANCE * size:
+        raise ExportError(f"{label} output differs from PyTorch: boxes by {diff_boxes:.3g} px, scores by {diff_scores:.3g} (tolerance {TOLERANCE})")
+    return max(diff_boxes, diff_scores)
+
+
+def run(
+    weights=None,
+    include=("onnx", "torchscript"),
+    imgsz=(640,),
+    batch_size: int = 1,
+    device: str = "cpu",
+    half: bool = False,
+    dynamic: bool = False,
+    simplify: bool = False,
+    opset: int | None = None,
+) -> dict:
+    """Export `weights` to each format in `include`; returns {format: {'file': Path, 'max_diff': float}}.
+
+    In: a checkpoint written by train.py (or save_checkpoint), image size as [size] or [height, width].
+    Raises FileNotFoundError/ValueError for missing or foreign weights, ExportError when an export does
+    not match PyTorch.
+    """
+    t0 = time.time()
+    weights = Path(weights) if weights else newest_weights()
+    include = [f.lower() for f in include]
+    unknown = [f for f in include if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
+    device = select_device(device, verbose=False)
+    if half and device.type == "cpu":
+        LOGGER.warning("--half needs a GPU (--device 0): half-precision inference is not supported on CPU, exporting float32")
+        half = False
+    model = load_model(weights, device)
+    stride = max(int(model.stride.max()), 32)
+    size = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
+    checked = check_imgsz(size, stride=stride, min_dim=2)  # multiples of the stride, with a warning when rounded
+    gf = has_global_filter(model)
+    if dynamic and gf:
+        LOGGER.warning(
+            "--dynamic: this model has Global Filter layers, whose exported DFT matrices are built for one size: "
+            f"the batch is dynamic, height and width stay {checked[0]}x{checked[1]}"
+        )
+    im = torch.rand(batch_size, model.yaml.get("channels", 3), *checked, device=device)
+    LOGGER.info(f"Exporting {weights} ({'Global Filter, ' if gf else ''}input {tuple(im.shape)}) to {', '.join(include)}")
+    em = exportable_model(model, im)
+    want = reference_output(model, im)  # the float32 model: a half export is held to it too
+    if half:
+        em, im = em.half(), im.half()
+    results = {}
+    for fmt in include:
+        file = weights.with_suffix(FORMATS[fmt])
+        if file.exists():
+            LOGGER.info(f"{fmt}: overwriting the previous export {file}")
+        metadata = export_metadata(model, checked, batch_size, dynamic and not gf, half, fmt, weights)
+        if fmt == "onnx":
+            export_onnx(em, im, file, metadata, opset=opset, dynamic=dynamic, dynamic_hw=not gf, simplify=simplify)
+            diff = compare(onnx_output(file, im), want, max(checked), "ONNX")
+        else:
+            export_torchscript(em, im, file, metadata)
+            diff = compare(torchscript_output(file, im), want, max(checked), "TorchScript")
+        LOGGER.info(f"{fmt}: saved {file} ({file.stat().st_size / 1e6:.1f} MB)")
+        results[fmt] = {"file": file, "max_diff": diff}
+    LOGGER.info(f"Export complete ({time.time() - t0:.1f}s): {', '.join(str(r['file']) for r in results.values())}")
+    return results
+
+
+def parse_opt(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=str, default=None, help="checkpoint (default: the newest runs/train/*/weights/best.pt)")
+    parser.add_argument("--include", nargs="+", default=["onnx", "torchscript"], help="formats: onnx, torchscript")
+    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image size: one value, or H W")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
+    parser.add_argument("--device", default="cpu", help="cpu, or a cuda device such as 0")
+    parser.add_argument("--half", action="store_true", help="FP16 export (GPU only)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width (batch only for GF models)")
+    parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
+    opt = parser.parse_args(argv)
+    if len(opt.imgsz) > 2:
+        parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")
+    return opt
+
+
+def main(argv=None) -> int:
+    opt = parse_opt(argv)
+    try:
+        run(**vars(opt))
+    except (FileNotFoundError, ValueError, ExportError) as e:
+        LOGGER.error(f"export.py: {e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

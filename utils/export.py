@@ -1,0 +1,254 @@
+"""Export helpers: an exportable form of the model, ultralytics-style metadata, ONNX/TorchScript writers, checks.
+
+The ONNX file is written by the ultralytics exporter's own `torch2onnx` (the TorchScript-based
+`torch.onnx.export`), the TorchScript file by its `torch2torchscript`. Both embed the metadata that
+ultralytics' `AutoBackend` reads back (stride, names, imgsz, task, batch, args...), so the exported files
+run in `detect.py`, `val.py` and any ultralytics predictor/validator as they are.
+
+The Global Filter (GF) computes `irfft2(rfft2(x) * filter)`, and the TorchScript-based ONNX exporter
+refuses `aten::fft_rfft2`. For a fixed input size that whole step is a linear map, so `MatmulGlobalFilter`
+computes it with real matrix products (the DFT matrices) built from the layer's own weights: the same
+numbers, in operators every runtime has.
+"""
+
+from __future__ import annotations
+
+import math
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.heads import AnchorDetect
+from models.hornet import GlobalLocalFilter
+from ultralytics import __version__ as ULTRALYTICS_VERSION
+from ultralytics.nn.modules import Detect
+from ultralytics.utils import LOGGER
+
+
+class MatmulGlobalFilter(nn.Module):
+    """The Global Filter of a GlobalLocalFilter for one fixed input size, with the 2-D DFT as matrix products.
+
+    In: (B, C, H, W) with the (H, W) it was built for. Out: (B, C, H, W), equal (to float32 rounding) to
+    the GlobalLocalFilter it was built from. `dw`, `pre_norm` and `post_norm` are that layer's modules;
+    the spectral filter (resized to H x W as the layer does) and the DFT matrices are fixed buffers.
+    """
+
+    def __init__(self, gf: GlobalLocalFilter, height: int, width: int):
+        super().__init__()
+        self.dw, self.pre_norm, self.post_norm = gf.dw, gf.pre_norm, gf.post_norm
+        self.size = (height, width)
+        with torch.no_grad():
+            filt = gf.spectral_filter(height, width).detach().to(torch.complex128).cpu()  # (C, H, W//2 + 1)
+        device = gf.complex_weight.device
+        wr = width // 2 + 1
+        h, m = torch.arange(height, dtype=torch.float64), torch.arange(height, dtype=torch.float64)
+        angle_h = 2 * math.pi * torch.outer(h, m) / height
+        n, k = torch.arange(width, dtype=torch.float64), torch.arange(wr, dtype=torch.float64)
+        angle_w = 2 * math.pi * torch.outer(n, k) / width  # (W, Wr)
+        # irfft weights: the bins between DC and Nyquist stand for two conjugate bins of the full spectrum
+        twice = torch.full((wr,), 2.0, dtype=torch.float64)
+        twice[0] = 1.0
+        if width % 2 == 0:
+            twice[-1] = 1.0
+        norm_h, norm_w = 1 / math.sqrt(height), 1 / math.sqrt(width)  # norm="ortho" both ways
+        buffers = {
+            "ch": torch.cos(angle_h) * norm_h,  # (H, H), symmetric
+            "sh": torch.sin(angle_h) * norm_h,
+            "fw": torch.cat((torch.cos(angle_w), -torch.sin(angle_w)), 1) * norm_w,  # (W, 2 Wr): real | imag of rfft
+            "bc": (torch.cos(angle_w) * twice).T * norm_w,  # (Wr, W)
+            "bs": (torch.sin(angle_w) * twice).T * norm_w,
+            "gr": filt.real,  # (C, H, Wr)
+            "gi": filt.imag,
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float().contiguous().to(device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(x)
+        local, glob = x.chunk(2, dim=1)
+        local = self.dw(local)
+        B, C, H, W = glob.shape
+        if (H, W) != self.size:
+            raise ValueError(f"this exported Global Filter was built for a {self.size} input, got {(H, W)}")
+        xr, xi = torch.matmul(glob.to(self.fw.dtype), self.fw).chunk(2, dim=-1)  # rfft along W
+        yr = torch.matmul(self.ch, xr) + torch.matmul(self.sh, xi)  # fft along H
+        yi = torch.matmul(self.ch, xi) - torch.matmul(self.sh, xr)
+        zr = yr * self.gr - yi * self.gi  # times the complex filter
+        zi = yr * self.gi + yi * self.gr
+        ur = torch.matmul(self.ch, zr) - torch.matmul(self.sh, zi)  # inverse fft along H
+        ui = torch.matmul(self.ch, zi) + torch.matmul(self.sh, zr)
+        glob = torch.matmul(ur, self.bc) - torch.matmul(ui, self.bs)  # inverse rfft along W
+        x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
+        return self.post_norm(x)
+
+
+def has_global_filter(model: nn.Module) -> bool:
+    """True when the model holds a Global Filter (its export size is then fixed)."""
+    return any(isinstance(m, GlobalLocalFilter) for m in model.modules())
+
+
+def exportable_model(model: nn.Module, im: torch.Tensor) -> nn.Module:
+    """A copy of `model` ready to trace on inputs shaped like `im`: eval, fused, head in export mode, GF as matmuls.
+
+    In: a detection Model and an example input (B, 3, H, W). Out: a new module whose forward returns only
+    the predictions (B, 4 + nc, N); the original model is not touched.
+    """
+    model = deepcopy(model).float().eval()
+    if hasattr(model, "fuse"):
+        model = model.fuse(verbose=False)
+    for p in model.parameters():
+        p.requires_grad = False
+    for m in model.modules():
+        if isinstance(m, (AnchorDetect, Detect)):
+            m.export = True  # instance attribute: other models in this process keep returning (y, raw)
+            m.format = "onnx"
+    sizes = {}
+    gfs = [m for m in model.modules() if isinstance(m, GlobalLocalFilter)]
+    if gfs:  # learn each Global Filter's input size at this export size
+        hooks = [m.register_forward_pre_hook(lambda m, x: sizes.__setitem__(m, tuple(x[0].shape[-2:]))) for m in gfs]
+        with torch.no_grad():
+            model(im)
+        for h in hooks:
+            h.remove()
+        replace = {m: MatmulGlobalFilter(m, *sizes[m]) for m in gfs}
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if child in replace:
+                    setattr(parent, name, replace[child])
+    return model
+
+
+def export_metadata(model: nn.Module, imgsz, batch: int, dynamic: bool, half: bool, fmt: str, weights) -> dict:
+    """The metadata ultralytics' exporter writes and AutoBackend reads (stride, task, names, imgsz, batch, args...)."""
+    names = dict(getattr(model, "names", {}) or {})
+    return {
+        "description": f"HorNet-YOLOv5 {Path(str(getattr(model, 'yaml', {}).get('yaml_file', weights))).stem} exported from {Path(weights).name}",
+        "author": "HorNet-YOLOv5",
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ULTRALYTICS_VERSION,
+        "stride": int(max(int(model.stride.max()), 32)),
+        "task": "detect",
+        "head": type(model.model[-1]).__name__,
+        "batch": int(batch),
+        "imgsz": [int(imgsz[0]), int(imgsz[1])],
+        "names": {int(k): str(v) for k, v in names.items()},
+        "args": {"batch": int(batch), "half": bool(half), "dynamic": bool(dynamic), "nms": False, "format": fmt},
+        "channels": int(getattr(model, "yaml", {}).get("channels", 3)),
+        "end2end": False,
+    }
+
+
+def export_torchscript(model: nn.Module, im: torch.Tensor, file, metadata: dict) -> Path:
+    """Trace `model` (an exportable_model) on `im` and write it with the metadata as `extra/config.txt`."""
+    from ultralytics.utils.export.torchscript import torch2torchscript
+
+    return Path(torch2torchscript(model, im, file, metadata=metadata))
+
+
+def export_onnx(model: nn.Module, im: torch.Tensor, file, metadata: dict, opset: int | None = None,
+                dynamic: bool = False, dynamic_hw: bool = True, simplify: bool = False) -> Path:
+    """Write `model` (an exportable_model) as ONNX with the metadata in `metadata_props`.
+
+    `dynamic`: batch dynamic, and height/width too when `dynamic_hw` (not for Global Filter models, whose
+    DFT matrices have a fixed size). `simplify` runs onnxslim, or onnxsim if that is what is installed.
+    """
+    import onnx
+    from ultralytics.utils.export.engine import best_onnx_opset, torch2onnx
+
+    opset = opset or best_onnx_opset(onnx)
+    axes = None
+    if dynamic:
+        axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic_hw else {})}, "output0": {0: "batch", 2: "anchors"}}
+    LOGGER.info(f"ONNX: exporting with torch {torch.__version__}, onnx {onnx.__version__}, opset {opset}...")
+    torch2onnx(model, im, str(file), opset=opset, input_names=["images"], output_names=["output0"], dynamic=axes)
+    proto = onnx.load(str(file))
+    onnx.checker.check_model(proto)
+    if simplify:
+        proto = simplify_onnx(proto)
+    for k, v in metadata.items():  # str() of dicts/lists: AutoBackend parses them back with literal_eval
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = k, str(v)
+    if getattr(proto, "ir_version", 0) > 10:  # what the ultralytics exporter does, for older onnxruntime builds
+        proto.ir_version = 10
+    onnx.save(proto, str(file))
+    return Path(file)
+
+
+def simplify_onnx(proto):
+    """The graph simplified by onnxslim or onnxsim, whichever is installed; unchanged (with a message) if neither."""
+    try:
+        import onnxslim
+
+        LOGGER.info(f"ONNX: simplifying with onnxslim {onnxslim.__version__}...")
+        return onnxslim.slim(proto)
+    except ImportError:
+        pass
+    try:
+        import onnxsim
+
+        LOGGER.info(f"ONNX: simplifying with onnxsim {onnxsim.__version__}...")
+        simplified, ok = onnxsim.simplify(proto)
+        if ok:
+            return simplified
+        LOGGER.warning("ONNX: onnxsim could not validate the simplified model, keeping the original graph")
+        return proto
+    except ImportError:
+        LOGGER.warning("ONNX: --simplify needs onnxslim or onnxsim (pip install onnxslim); exporting without simplifying")
+        return proto
+
+
+def onnx_output(file, im: torch.Tensor) -> np.ndarray:
+    """onnxruntime's output (B, 4 + nc, N) for `file` on `im` (CPU provider), float32 numpy."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    x = im.detach().cpu().numpy()
+    return session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
+
+
+def torchscript_output(file, im: torch.Tensor) -> np.ndarray:
+    """The TorchScript `file`'s output (B, 4 + nc, N) on `im`, float32 numpy."""
+    ts = torch.jit.load(str(file), map_location=im.device)
+    with torch.no_grad():
+        y = ts(im)
+    return (y[0] if isinstance(y, (list, tuple)) else y).float().cpu().numpy()
+
+
+def max_diffs(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """(max |diff| over the 4 box rows, in pixels; max |diff| over the score rows) of two (B, 4 + nc, N) arrays."""
+    d = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    return float(d[:, :4].max()), float(d[:, 4:].max())
+
+
+def reference_output(model: nn.Module, im: torch.Tensor) -> np.ndarray:
+    """The original model's predictions (B, 4 + nc, N) on `im`, float32, as numpy."""
+    model = deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        y = model(im.cpu().float())
+    return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+
+def read_metadata(file) -> dict:
+    """The metadata of an exported file as AutoBackend reads it (for checks and tests)."""
+    from ultralytics.nn.backends.base import BaseBackend
+
+    return BaseBackend.read_metadata(file)
+
+
+__all__ = (
+    "MatmulGlobalFilter",
+    "exportable_model",
+    "export_metadata",
+    "export_onnx",
+    "export_torchscript",
+    "has_global_filter",
+    "max_diffs",
+    "onnx_output",
+    "reference_output",
+    "torchscript_output",
+    "read_metadata",
+)

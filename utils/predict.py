@@ -1,0 +1,194 @@
+"""Prediction on the ultralytics engine: the predictor subclass and the source checks that detect.py uses.
+
+`HorNetPredictor` is ultralytics' `DetectionPredictor` (letterbox, NMS, plotting, label files, video
+writers) with what YOLOv5's detect.py adds: test-time augmentation for PyTorch models, output videos at
+the input's frame rate for webcams and streams too, and a warning when a video ends before the frame
+count its header announced (truncated or corrupt file: the frames read so far are kept).
+
+`resolve_source` turns a `--source` value into what the ultralytics loaders take, and fails early with
+a message naming the source when it does not exist or a camera cannot be opened.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import threading
+from pathlib import Path
+
+import cv2
+import torch
+
+from ultralytics.data.utils import IMG_FORMATS, VID_FORMATS
+from ultralytics.models.yolo.detect import DetectionPredictor
+from ultralytics.utils import ASSETS, LOGGER, MACOS, WINDOWS
+from ultralytics.utils.torch_utils import scale_img
+
+ROOT = Path(__file__).resolve().parents[1]
+STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "tcp://")
+
+
+class SourceError(ValueError):
+    """A --source that cannot be read; the message names it."""
+
+
+def newest_weights(root=ROOT / "runs" / "train") -> Path:
+    """The most recently written runs/train/*/weights/best.pt; FileNotFoundError when there is none."""
+    found = sorted(Path(root).glob("*/weights/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no --weights given and no trained model found in {root}/*/weights/best.pt: train one with train.py or pass --weights")
+    return found[-1]
+
+
+def default_source(data=None):
+    """The val images of the dataset YAML `data` (built by its download step if needed), else ultralytics' sample images."""
+    data = Path(data) if data else ROOT / "data" / "shapes.yaml"
+    if data.is_file():
+        try:
+            from ultralytics.data.utils import check_det_dataset
+
+            val = check_det_dataset(str(data)).get("val")
+            val = val[0] if isinstance(val, list) else val
+            if val and Path(val).exists():
+                return str(val)
+        except Exception as e:  # a dataset that cannot be built must not stop a demo run
+            LOGGER.warning(f"could not use the val images of {data} ({e}), using the sample images instead")
+    return str(ASSETS)
+
+
+def is_stream(source: str) -> bool:
+    """A camera index ('0'), a network stream URL or a .streams list (what ultralytics reads with LoadStreams)."""
+    s = source.lower()
+    if s.startswith(("http://", "https://")) and s.rsplit("?", 1)[0].rpartition(".")[-1] in IMG_FORMATS | VID_FORMATS:
+        return False  # a media file behind a URL: ultralytics downloads it (needs the network)
+    return source.isnumeric() or s.endswith(".streams") or s.startswith(STREAM_PREFIXES)
+
+
+def probe_camera(index: int, timeout: float = 10.0) -> None:
+    """Open camera `index` once and release it; SourceError naming the index if it does not open within `timeout` s.
+
+    The capture is opened in a daemon thread because some OpenCV backends block for a long time on a
+    device that is absent or busy.
+    """
+    result = {}
+
+    def try_open():
+        cap = cv2.VideoCapture(index)
+        result["ok"] = cap.isOpened() and cap.read()[0]
+        cap.release()
+
+    t = threading.Thread(target=try_open, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise SourceError(f"camera {index} did not open within {timeout:.0f}s (is it connected and not used by another program?)")
+    if not result.get("ok"):
+        raise SourceError(f"camera {index} could not be opened or gave no frame (no such device, or it is in use; try another index)")
+
+
+def resolve_source(source, save_dir: Path | None = None) -> str:
+    """Check a --source value and return what `load_inference_source` takes.
+
+    Accepts an image or video file, a folder, a glob, a camera index, an RTSP/RTMP/HTTP(S)/TCP URL,
+    'screen' (with optional 'screen N left top width height'), a .streams list, or a .txt list of any of
+    these (a .txt list of cameras/URLs is read as a .streams list). Raises SourceError with the source's
+    name when it does not exist, matches no file, or is a camera that does not open.
+    """
+    source = str(source).strip()
+    lower = source.lower()
+    if lower == "screen" or (lower.startswith("screen ") and not Path(source).exists()):
+        return source
+    if source.isnumeric():
+        probe_camera(int(source))
+        return source
+    if is_stream(source):
+        if lower.endswith(".streams") and not Path(source).is_file():
+            raise SourceError(f"source not found: {source}")
+        return source
+    if "*" in source:
+        if not glob.glob(source, recursive=True):
+            raise SourceError(f"source not found: the pattern {source} matches no file")
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"source not found: {source}")
+    if path.is_dir() and not any(p.suffix[1:].lower() in IMG_FORMATS | VID_FORMATS for p in path.iterdir()):
+        raise SourceError(f"source {source} is a folder with no images or videos in it")
+    if path.suffix.lower() == ".txt":
+        entries = [e.strip() for e in path.read_text(encoding="utf-8-sig").splitlines() if e.strip()]
+        if not entries:
+            raise SourceError(f"source list {source} is empty")
+        streams = [is_stream(e) for e in entries]
+        if all(streams):  # cameras and URLs: ultralytics reads those from a .streams list
+            for e in entries:
+                if e.isnumeric():
+                    probe_camera(int(e))
+            out = Path(save_dir or path.parent) / f"{path.stem}.streams"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("\n".join(entries) + "\n")
+            return str(out)
+        if any(streams):
+            raise SourceError(f"source list {source} mixes streams/cameras with files: give them in two runs")
+        for e in entries:  # each entry relative to the working directory or to the list itself
+            if not any(glob.glob(c, recursive=True) if "*" in c else os.path.exists(c) for c in (e, str(path.parent / e))):
+                raise SourceError(f"source not found: {e} (listed in {source})")
+    return source
+
+
+class HorNetPredictor(DetectionPredictor):
+    """ultralytics' DetectionPredictor for HorNet-YOLOv5 models (an nn.Module, or an .onnx/.torchscript path).
+
+    Adds: YOLOv5's test-time augmentation (--augment) for PyTorch models, webcam/stream videos written at
+    the stream's frame rate, and a warning naming any video that ended before its announced frame count.
+    """
+
+    TTA_SCALES = (1.0, 0.83, 0.67)  # YOLOv5's test-time augmentation: scales and flips (3 = left-right)
+    TTA_FLIPS = (None, 3, None)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.video_progress = {}  # video path -> [last frame read, frames announced]
+        self._slot = 0
+
+    def inference(self, im: torch.Tensor, *args, **kwargs):
+        """The model's predictions (B, 4 + nc, N); with --augment on a PyTorch model, merged over scales and flips."""
+        if not (self.args.augment and self.model.format == "pt"):
+            return super().inference(im, *args, **kwargs)
+        model = self.model.model  # the nn.Module inside AutoBackend: run it without its own (unsupported) augment
+        stride = int(self.model.stride)
+        h, w = im.shape[-2:]
+        outputs = []
+        for s, flip in zip(self.TTA_SCALES, self.TTA_FLIPS):
+            x = scale_img(im.flip(flip) if flip else im, s, gs=stride)
+            y = model(x)
+            y = (y[0] if isinstance(y, (list, tuple)) else y).clone()
+            y[:, :4] /= s  # boxes back to the input's scale
+            if flip == 3:
+                y[:, 0] = w - y[:, 0]  # un-flip the centre x
+            outputs.append(y)
+        return torch.cat(outputs, 2)
+
+    def write_results(self, i, p, im, s):
+        """ultralytics' per-image output, plus bookkeeping: which stream slot is being saved, video frames read."""
+        self._slot = i
+        match = re.search(r"\(frame (\d+)/(\d+)\)", s[i])
+        if match and self.dataset.mode == "video":
+            self.video_progress[str(p)] = [int(match[1]), int(match[2])]
+        return super().write_results(i, p, im, s)
+
+    def save_predicted_images(self, save_path: Path, frame=0):
+        """As ultralytics, but a webcam/stream video is written at that stream's own frame rate (not a fixed 30)."""
+        if self.dataset.mode == "stream" and save_path not in self.vid_writer and self.args.save:
+            fps = self.dataset.fps[self._slot] if isinstance(self.dataset.fps, list) else self.dataset.fps
+            fps = max(1.0, float(fps) / self.args.vid_stride)
+            im = self.plotted_img
+            suffix, fourcc = (".mp4", "avc1") if MACOS else (".avi", "WMV2") if WINDOWS else (".avi", "MJPG")  # as ultralytics
+            self.vid_writer[save_path] = cv2.VideoWriter(
+                str(Path(save_path).with_suffix(suffix)), cv2.VideoWriter_fourcc(*fourcc), fps, (im.shape[1], im.shape[0])
+            )
+        super().save_predicted_images(save_path, frame)
+
+    def incomplete_videos(self) -> dict:
+        """{video path: (frames read, frames announced)} for videos that stopped early (truncated or corrupt)."""
+        return {p: tuple(v) for p, v in self.video_progress.items() if v[0] < v[1]}
