@@ -1,0 +1,132 @@
+"""Validate a trained HorNet-YOLOv5 detector on a dataset, with YOLOv5's flags, on the ultralytics validator.
+
+    python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
+    python val.py --weights best.pt --task speed                      # inference speed only
+    python val.py --weights best.onnx                                 # exported models (export.py) too
+    python val.py --weights best.pt --verbose --save-json --save-txt --save-conf
+
+In: weights (our .pt checkpoint, rebuilt by models.yolo.load_model with weights_only=True; or an exported
+.onnx/.torchscript/... that the ultralytics AutoBackend runs from its embedded metadata) and a dataset YAML.
+Out: P, R, mAP50, mAP50-95 (all classes, and per class with --verbose) and the speed per image, printed;
+results (predictions.json with --save-json, labels/*.txt with --save-txt) under runs/val/exp, exp2, ...
+Python: `import val; metrics = val.run(weights=..., data=...)` returns the metrics dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+from utils.trainer import HorNetValidator, increment_run_dir  # noqa: E402
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    """YOLOv5's val.py flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
+    p.add_argument("--weights", type=str, default=str(ROOT / "runs/train/exp/weights/best.pt"), help="model: .pt checkpoint or exported file")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--task", default="val", choices=["val", "test", "speed"], help="val or test split, or speed only")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    p.add_argument("--verbose", action="store_true", help="report mAP by class")
+    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file")
+    p.add_argument("--project", default=str(ROOT / "runs/val"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict:
+    """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes."""
+    weights = Path(opt.weights)
+    if not weights.exists():
+        raise FileNotFoundError(f"--weights: not found: {weights}")
+    if not Path(opt.data).is_file():
+        raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
+    try:
+        from utils.data import load_data_config
+    except ImportError:
+        load_data_config = None
+    if load_data_config:
+        load_data_config(opt.data)  # clear errors, and builds the embedded set when it is missing
+
+    if opt.task == "test":
+        import yaml
+
+        if not (yaml.safe_load(Path(opt.data).read_text()) or {}).get("test"):
+            raise ValueError(f"--task test: {opt.data} has no 'test' split")
+    speed = opt.task == "speed"
+    save_dir = increment_run_dir(Path(opt.project).resolve(), opt.name, opt.exist_ok)
+    args = {
+        "task": "detect",
+        "mode": "val",
+        "data": opt.data,
+        "imgsz": opt.imgsz,
+        "batch": opt.batch_size,
+        "conf": 0.25 if speed else opt.conf_thres,  # YOLOv5's speed settings
+        "iou": 0.45 if speed else opt.iou_thres,
+        "max_det": opt.max_det,
+        "split": "test" if opt.task == "test" else "val",
+        "device": opt.device or None,
+        "workers": opt.workers,
+        "single_cls": opt.single_cls,
+        "verbose": opt.verbose,
+        "save_txt": opt.save_txt and not speed,
+        "save_conf": opt.save_conf,
+        "save_json": opt.save_json and not speed,
+        "plots": not speed,
+        "project": str(save_dir.parent),
+        "name": save_dir.name,
+        "rect": True,
+    }
+    if weights.suffix == ".pt":
+        from models.yolo import load_model
+
+        model = load_model(weights)  # rebuilt from its YAML dict: nothing is unpickled
+        args["model"] = str(weights)
+        validator = HorNetValidator(save_dir=save_dir, args=args)
+        metrics = validator(model=model)
+    else:  # exported formats: AutoBackend reads them and their metadata
+        args["model"] = str(weights)
+        validator = HorNetValidator(save_dir=save_dir, args=args)
+        metrics = validator()
+    s = validator.speed
+    print(
+        f"P {metrics.get('metrics/precision(B)', 0):.4g}  R {metrics.get('metrics/recall(B)', 0):.4g}  "
+        f"mAP50 {metrics.get('metrics/mAP50(B)', 0):.4g}  mAP50-95 {metrics.get('metrics/mAP50-95(B)', 0):.4g}  "
+        f"speed {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['postprocess']:.1f}ms NMS per image"
+    )
+    metrics["speed"] = dict(s)
+    metrics["save_dir"] = str(save_dir)
+    return metrics
+
+
+def run(**kwargs) -> dict:
+    """`run(weights='best.pt', data='data/shapes.yaml', imgsz=640)`: flags as keyword arguments."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise TypeError(f"val.run(): unknown option {k!r}")
+        setattr(opt, k, v)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
