@@ -27,7 +27,9 @@ TINY = {
 def tiny_model(**hyp):
     torch.manual_seed(0)
     model = Model(TINY, verbose=False)
-    model.args = {"box": 0.05, "cls": 0.5, "imgsz": IMG, **hyp}  # what the trainer sets (a namespace there)
+    # What the trainer sets (a namespace there). The engine's cls_pw (class-weight power, default 0) must not
+    # be taken for YOLOv5's BCE positive weight: with that weight at 0 the class loss would ignore positives.
+    model.args = {"box": 0.05, "cls": 0.5, "imgsz": IMG, "cls_pw": 0.0, **hyp}
     return model
 
 
@@ -137,6 +139,18 @@ def test_label_smoothing_targets():
         expected = gain * F.binary_cross_entropy_with_logits(logits, target)
         torch.testing.assert_close(cls_item(eps), expected)
     assert cls_item(0.2) > cls_item(0.0)  # a confident correct class is penalised under smoothing
+
+
+def test_engine_class_weights():
+    batch = make_batch([[3.5 / 8, 4.5 / 8, 10 / IMG, 13 / IMG]], [2], bs=1)
+    logits = torch.tensor([-2.0, 0.5, 3.0])
+    model = tiny_model()
+    model.class_weights = torch.tensor([0.5, 0.5, 2.0])  # what the trainer sets when its cls_pw > 0
+    preds = blank_preds(model)
+    preds[0][..., 5:] = logits
+    got = AnchorLoss(model)(preds, batch)[1]["cls_loss"]
+    per_class = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 0.0, 1.0]), reduction="none")
+    torch.testing.assert_close(got, 0.5 * 3 / 80 * 3 / 2 * (per_class * model.class_weights).mean())
 
 
 def test_gains_and_hyp_defaults():

@@ -10,18 +10,20 @@ the anchor-free one.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
 from ultralytics.utils.metrics import bbox_iou
 
 # YOLOv5's hyperparameters this loss reads, with YOLOv5's defaults (hyp.scratch-low.yaml). The ultralytics
 # args namespace has `box` and `cls` (with values tuned for its own loss; the trainer passes YOLOv5's) but
-# no `obj`, `anchor_t`, `cls_pw`, `obj_pw`, `fl_gamma` or `label_smoothing`: missing keys take these values.
+# no `obj`, `anchor_t`, `obj_pw`, `fl_gamma` or `label_smoothing`: missing keys take these values.
+# YOLOv5's `cls_pw` (BCE positive weight, 1.0 in every YOLOv5 hyp file) is NOT read: in this engine `cls_pw`
+# is the power of inverse-frequency class weights, which the trainer turns into `model.class_weights`;
+# those weights are applied to the class loss, as the engine's own loss does.
 HYP_DEFAULTS = {
     "box": 0.05,  # box loss gain
     "obj": 1.0,  # objectness loss gain
     "cls": 0.5,  # class loss gain
     "anchor_t": 4.0,  # a target matches an anchor when both w and h ratios are within [1/anchor_t, anchor_t]
-    "cls_pw": 1.0,  # BCE positive weight, classes
     "obj_pw": 1.0,  # BCE positive weight, objectness
     "fl_gamma": 0.0,  # focal loss gamma (0: plain BCE)
     "label_smoothing": 0.0,  # class targets become 1 - eps/2 and eps/2
@@ -48,21 +50,16 @@ def hyp_value(args, key: str):
     return float(value)
 
 
-class FocalBCE(nn.Module):
-    """BCE-with-logits times the focal factor (1 - p_t)^gamma, weighted by alpha (Lin et al., 2017); mean over all."""
-
-    def __init__(self, bce: nn.BCEWithLogitsLoss, gamma: float, alpha: float = 0.25):
-        super().__init__()
-        self.bce, self.gamma, self.alpha = bce, gamma, alpha
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            logits, target, pos_weight=self.bce.pos_weight, reduction="none"
-        )
+def bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0, gamma: float = 0.0, alpha: float = 0.25):
+    """Element-wise BCE-with-logits; with gamma > 0 the focal loss (Lin et al., 2017): times alpha_t * (1 - p_t)^gamma."""
+    pw = torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype) if pos_weight != 1.0 else None
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction="none")
+    if gamma > 0:
         p = logits.sigmoid()
         p_t = target * p + (1 - target) * (1 - p)  # probability given to the true label
-        alpha_t = target * self.alpha + (1 - target) * (1 - self.alpha)
-        return (loss * alpha_t * (1 - p_t) ** self.gamma).mean()
+        alpha_t = target * alpha + (1 - target) * (1 - alpha)
+        loss = loss * alpha_t * (1 - p_t) ** gamma
+    return loss
 
 
 class AnchorLoss:
@@ -75,7 +72,8 @@ class AnchorLoss:
     box * 3/nl, cls * nc/80 * 3/nl, obj * (imgsz/640)^2 * 3/nl.
 
     In: `model` (a `models.yolo.Model` whose last row is `AnchorDetect`; hyperparameters come from
-    `model.args`, a namespace or dict, with `HYP_DEFAULTS` for what it lacks).
+    `model.args`, a namespace or dict, with `HYP_DEFAULTS` for what it lacks; `model.class_weights`, when
+    the engine has set it, weighs the class loss per class).
     Call: `(preds, batch)` -> `(loss, items)`, the structure of ultralytics' `v8DetectionLoss`:
     - `preds`: the head's training output (a list of nl tensors (B, na, ny, nx, 5 + nc)), or its eval
       output `(y, raw)` (the validator computes the loss on eval outputs);
@@ -93,13 +91,9 @@ class AnchorLoss:
         self.nl, self.na, self.nc = self.head.nl, self.head.na, self.head.nc
         args = getattr(model, "args", None)
         self.hyp = {k: hyp_value(args, k) for k in HYP_DEFAULTS}
-        device = next(model.parameters()).device
-
-        bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["cls_pw"]], device=device))
-        bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["obj_pw"]], device=device))
-        if self.hyp["fl_gamma"] > 0:
-            bce_cls, bce_obj = FocalBCE(bce_cls, self.hyp["fl_gamma"]), FocalBCE(bce_obj, self.hyp["fl_gamma"])
-        self.bce_cls, self.bce_obj = bce_cls, bce_obj
+        # Per-class weights (nc,) the engine sets when its cls_pw > 0 (inverse class frequency, mean 1).
+        weights = getattr(model, "class_weights", None)
+        self.class_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32).view(1, -1)
 
         eps = self.hyp["label_smoothing"]
         self.cp, self.cn = 1.0 - 0.5 * eps, 0.5 * eps  # positive and negative class targets
@@ -148,8 +142,12 @@ class AnchorLoss:
                 if self.nc > 1:  # one class: objectness already says it all (YOLOv5 skips the class loss)
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(len(b), device=device), tcls] = self.cp
-                    lcls = lcls + self.bce_cls(ps[:, 5:], t)
-            lobj = lobj + self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+                    loss_cls = bce(ps[:, 5:], t, gamma=self.hyp["fl_gamma"])
+                    if self.class_weights is not None:
+                        loss_cls = loss_cls * self.class_weights.to(device)
+                    lcls = lcls + loss_cls.mean()
+            loss_obj = bce(pi[..., 4], tobj, pos_weight=self.hyp["obj_pw"], gamma=self.hyp["fl_gamma"])
+            lobj = lobj + loss_obj.mean() * self.balance[i]
 
         lbox, lobj, lcls = lbox * self.gain_box, lobj * self.gain_obj, lcls * self.gain_cls
         loss = torch.stack((lbox, lobj, lcls))
