@@ -1,0 +1,259 @@
+"""The embedded shapes dataset and the data checks (utils/shapes.py, utils/data.py, data/shapes.yaml).
+
+Everything runs on tiny generated sets (96 px, a few dozen images), so the module takes seconds.
+"""
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utils.data import build_yolo_dataset, load_data_config
+from utils.shapes import CLASSES, MARKER, _image_rng, _n_objects, make_shapes_dataset, render_shapes_image
+
+ROOT = Path(__file__).resolve().parents[1]
+IMGSZ = 96
+
+
+def _labels(root: Path) -> dict[str, bytes]:
+    """Every label file of a generated set: relative path -> bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "labels").rglob("*.txt"))}
+
+
+def _rows(root: Path) -> np.ndarray:
+    """All label rows of a set as an (n, 5) array."""
+    rows = [line.split() for p in (root / "labels").rglob("*.txt") for line in p.read_text().splitlines()]
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny shapes set made once for the module (16 train + 8 val, 96 px)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=16, n_val=8, imgsz=IMGSZ)
+
+
+@pytest.fixture
+def log_lines():
+    """Everything the ultralytics LOGGER says during a test, as (level name, text) pairs.
+
+    The ultralytics logger does not propagate to the root logger, so pytest's caplog does not see it: attach a
+    handler to it directly.
+    """
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append((record.levelname, record.getMessage()))
+
+    logger = logging.getLogger("ultralytics")
+    handler = Collect(level=logging.DEBUG)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def _data_yaml(tmp_path: Path, root: Path) -> Path:
+    """A data YAML for a generated set."""
+    file = tmp_path / "tiny.yaml"
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+    file.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return file
+
+
+def _cfg():
+    """The engine's default training args at the tiny image size."""
+    from ultralytics.cfg import get_cfg
+
+    cfg = get_cfg()
+    cfg.imgsz = IMGSZ
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- the generator
+def test_generator_layout_classes_and_empty_images(tiny):
+    assert (tiny / MARKER).is_file()
+    for split, n in (("train", 16), ("val", 8)):
+        images = sorted((tiny / "images" / split).glob("*.jpg"))
+        labels = sorted((tiny / "labels" / split).glob("*.txt"))
+        assert len(images) == len(labels) == n
+        assert [p.stem for p in images] == [p.stem for p in labels]
+        assert cv2.imread(str(images[0])).shape == (IMGSZ, IMGSZ, 3)
+    rows = _rows(tiny)
+    assert len(CLASSES) >= 5
+    assert set(rows[:, 0].astype(int)) <= set(range(len(CLASSES)))
+    assert (rows[:, 1:] >= 0).all() and (rows[:, 1:] <= 1).all()
+    x, y, w, h = rows[:, 1:].T
+    assert (x - w / 2 >= -1e-6).all() and (x + w / 2 <= 1 + 1e-6).all()  # whole boxes inside the image
+    assert (y - h / 2 >= -1e-6).all() and (y + h / 2 <= 1 + 1e-6).all()
+    empty = [p for p in (tiny / "labels").rglob("*.txt") if p.read_text() == ""]
+    assert empty, "some images must have no objects"
+
+
+def test_generator_classes_sizes_on_default_size():
+    """Across a few hundred rendered 320 px images: all classes appear, from ~8 px objects to large ones."""
+    rows = []
+    for i in range(60):
+        rng = _image_rng(0, "train", i)
+        rows.append(render_shapes_image(rng, 320, _n_objects(rng, i, 320))[2])
+    rows = np.concatenate(rows)
+    assert set(rows[:, 0].astype(int)) == set(range(len(CLASSES)))
+    sides = rows[:, 3:5].max(1) * 320
+    assert sides.min() <= 10 and sides.max() >= 100
+
+
+def test_generator_is_deterministic(tmp_path):
+    a = make_shapes_dataset(tmp_path / "a", n_train=6, n_val=4, imgsz=IMGSZ, seed=0)
+    b = make_shapes_dataset(tmp_path / "b", n_train=6, n_val=4, imgsz=IMGSZ, seed=0)
+    c = make_shapes_dataset(tmp_path / "c", n_train=6, n_val=4, imgsz=IMGSZ, seed=1)
+    assert _labels(a) == _labels(b)
+    assert _labels(a) != _labels(c)
+    for p in (a / "images").rglob("*.jpg"):
+        assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
+
+
+def test_boxes_are_tight_on_the_drawn_pixels():
+    """Each box is where the shape's pixels are: its border rows/columns hold shape pixels, and for shapes with no
+    neighbour the ring just outside the box is background."""
+    checked = 0
+    for i in range(12):
+        rng = _image_rng(0, "train", i)
+        img, bg, labels = render_shapes_image(rng, IMGSZ, _n_objects(rng, i, IMGSZ))
+        changed = (img != bg).any(2)  # shape pixels (shapes are drawn in a colour far from the background)
+        boxes = np.stack([labels[:, 1] - labels[:, 3] / 2, labels[:, 2] - labels[:, 4] / 2,
+                          labels[:, 1] + labels[:, 3] / 2, labels[:, 2] + labels[:, 4] / 2], 1)  # fmt: skip
+        boxes = np.round(boxes * IMGSZ).astype(int)
+        for j, (x1, y1, x2, y2) in enumerate(boxes):
+            inside = changed[y1:y2, x1:x2]
+            assert inside.mean() > 0.3, f"image {i} box {j}: few shape pixels inside"
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            others = np.delete(boxes, j, 0)
+            alone = not any(min(x2, b[2]) > max(x1, b[0]) - 2 and min(y2, b[3]) > max(y1, b[1]) - 2 for b in others)
+            if alone:
+                grown = changed[max(y1 - 1, 0) : y2 + 1, max(x1 - 1, 0) : x2 + 1]  # the box and a 1 px ring
+                assert grown.sum() == inside.sum(), f"image {i} box {j}: shape pixels outside its box"
+                checked += 1
+    assert checked >= 5
+
+
+def test_saved_labels_match_rendering(tiny):
+    """The label files are the renderer's boxes (so the pixel test above covers the saved set)."""
+    for i in (0, 1, 5):
+        rng = _image_rng(0, "train", i)
+        _, _, labels = render_shapes_image(rng, IMGSZ, _n_objects(rng, i, IMGSZ))
+        saved = np.loadtxt(tiny / "labels" / "train" / f"{i:06d}.txt", ndmin=2).reshape(-1, 5)
+        np.testing.assert_allclose(saved, labels, atol=1e-6)
+
+
+def test_generator_reuses_and_refuses(tmp_path, tiny):
+    stamp = (tiny / MARKER).stat().st_mtime_ns
+    assert make_shapes_dataset(tiny, n_train=16, n_val=8, imgsz=IMGSZ) == tiny  # complete: nothing redone
+    assert (tiny / MARKER).stat().st_mtime_ns == stamp
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not made by the shapes generator"):
+        make_shapes_dataset(foreign, n_train=2, n_val=2, imgsz=IMGSZ)
+    assert (foreign / "keep.txt").read_text() == "user data"
+    # An interrupted generation leaves only a temporary sibling folder, never a root: the next call generates the
+    # set and removes the leftover once it is old enough not to belong to a generation still running.
+    leftover = tmp_path / ".fresh.partial-dead"
+    (leftover / "images" / "train").mkdir(parents=True)
+    os.utime(leftover, (0, 0))
+    fresh = make_shapes_dataset(tmp_path / "fresh", n_train=2, n_val=2, imgsz=IMGSZ)
+    assert (fresh / MARKER).is_file() and not leftover.exists()
+    # ... while a set of ours with other arguments is replaced.
+    other = make_shapes_dataset(tmp_path / "other", n_train=2, n_val=2, imgsz=IMGSZ)
+    make_shapes_dataset(other, n_train=3, n_val=2, imgsz=IMGSZ)
+    assert len(list((other / "images" / "train").glob("*.jpg"))) == 3
+    assert not list(tmp_path.glob(".*partial-*"))  # no temporary folders left behind
+
+
+# ------------------------------------------------------------------------------------------------- data YAMLs
+def test_check_det_dataset_on_generated_set(tmp_path, tiny):
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(_data_yaml(tmp_path, tiny)))
+    assert data["nc"] == len(CLASSES) and Path(data["train"]).is_dir() and Path(data["val"]).is_dir()
+
+
+def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch):
+    """data/shapes.yaml's download step, run on a copy of the repo's data/ and utils/ in a temp 'repo'."""
+    from ultralytics.data.utils import check_det_dataset
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "utils").mkdir()
+    yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train=600, n_val=150, imgsz=320", "n_train=4, n_val=3, imgsz=64")
+    (repo / "data" / "shapes.yaml").write_text(yaml_text)
+    shutil.copy(ROOT / "utils" / "shapes.py", repo / "utils" / "shapes.py")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the set must land beside the repo whatever the working directory
+    for _ in range(2):  # generated once, then found
+        data = check_det_dataset(str(repo / "data" / "shapes.yaml"))
+        expected = (tmp_path / "datasets" / "shapes" / "images").resolve()
+        assert Path(data["train"]) == expected / "train" and Path(data["val"]) == expected / "val"
+        assert len(list(Path(data["val"]).glob("*.jpg"))) == 3 and data["nc"] == len(CLASSES)
+    assert not (repo / "datasets").exists()
+
+
+def test_load_data_config_missing_yaml_names_it():
+    with pytest.raises(FileNotFoundError, match="no_such_data.yaml") as e:
+        load_data_config("no_such_data.yaml")
+    assert "data/shapes.yaml" in str(e.value)  # lists the YAMLs that exist
+
+
+def test_load_data_config_missing_images_names_yaml_and_path(tmp_path, tiny):
+    file = tmp_path / "broken.yaml"
+    file.write_text(f"path: {tiny}\ntrain: images/nowhere\nval: images/val\nnames: [a, b]\n")
+    with pytest.raises(FileNotFoundError, match="broken.yaml") as e:
+        load_data_config(file)
+    assert "nowhere" in str(e.value) and "train" in str(e.value)
+    file.write_text(f"path: {tiny}\ntrain: images/train\nval: images/gone\nnames: [a, b]\n")
+    with pytest.raises(FileNotFoundError, match="broken.yaml") as e:
+        load_data_config(file)
+    assert "gone" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------- bad labels/images
+@pytest.fixture
+def damaged(tmp_path, tiny) -> Path:
+    """A copy of the tiny set with one label file holding bad rows and one image that is not an image."""
+    root = Path(shutil.copytree(tiny, tmp_path / "damaged"))
+    label = root / "labels" / "train" / "000001.txt"
+    good = label.read_text().splitlines()
+    assert len(good) >= 2
+    rows = ["0 0.5 0.5 0.2", good[0], "1 1.5 0.5 0.1 0.1", *good[1:], "2 0.5 0.5 0.1 0.1 0.3", "99 0.5 0.5 0.1 0.1"]
+    label.write_text("\n".join(rows) + "\n")
+    (root / "images" / "train" / "000002.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    return root
+
+
+def test_bad_rows_skipped_good_rows_kept_and_corrupt_image_named(tmp_path, damaged, log_lines):
+    data = load_data_config(_data_yaml(tmp_path, damaged))
+    label = damaged / "labels" / "train" / "000001.txt"
+    n_good = len(label.read_text().splitlines()) - 4
+    for attempt in ("scan", "cache"):  # the label cache must give the same labels and repeat the warnings
+        log_lines.clear()
+        dataset = build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")
+        by_file = {Path(lb["im_file"]).name: lb for lb in dataset.labels}
+        assert len(by_file["000001.jpg"]["cls"]) == n_good, attempt
+        assert "000002.jpg" not in by_file and len(dataset) == 15
+        warnings = "\n".join(text for level, text in log_lines if level == "WARNING")
+        assert str(label) in warnings, attempt
+        for row in ("row 1: 4 columns", "row 3: coordinates outside [0, 1]", f"row {n_good + 3}: 6 columns",
+                    f"row {n_good + 4}: class 99"):  # fmt: skip
+            assert row in warnings, (attempt, row)
+        assert str(damaged / "images" / "train" / "000002.jpg") in warnings
+    assert (damaged / "labels" / "train.cache").is_file()
+
+
+def test_clean_set_has_no_warnings(tmp_path, tiny, log_lines):
+    data = load_data_config(_data_yaml(tmp_path, tiny))
+    dataset = build_yolo_dataset(_cfg(), data["val"], 4, data, mode="val")
+    assert len(dataset) == 8
+    assert not [t for level, t in log_lines if level == "WARNING" and ("skipped" in t or "corrupt" in t)]

@@ -1,0 +1,244 @@
+"""Dataset glue on the ultralytics engine: data YAML loading with clear errors, and row-level label checks.
+
+- `load_data_config(path)`: ultralytics' `check_det_dataset` (which also runs a YAML's `download:` step), plus
+  errors that name the YAML and the missing path.
+- `build_yolo_dataset(...)`: ultralytics' `build_yolo_dataset`, but its detection dataset is `CheckedYOLODataset`,
+  which drops bad label rows one by one instead of dropping the whole image.
+
+Why row-level: ultralytics' `verify_image_label` asserts on the whole label file, so one malformed row (wrong column
+count, coordinate out of range, unknown class) silently costs every good box of that image. Here the bad rows are
+skipped and reported (file and row numbers), the rest of the file is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import tempfile
+import threading
+from pathlib import Path
+
+import cv2
+from ultralytics.data import build as ul_build
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.data.utils import check_det_dataset, verify_image_label
+from ultralytics.utils import LOGGER
+
+ROOT = Path(__file__).resolve().parents[1]  # repository root
+DATA_DIR = ROOT / "data"
+ROW_CHECK_VERSION = "rows-1"  # part of the label cache hash: caches written without row checks are rebuilt
+_SKIPPED_ROWS = "skipped bad label rows"  # text our messages carry (see _WarnScanMessages)
+_CORRUPT = "ignoring corrupt image/label"  # text of ultralytics' message for files it drops
+
+
+# ---------------------------------------------------------------------------------------------------- data YAMLs
+def _list_data_yamls() -> str:
+    """The dataset YAMLs shipped in data/, for error messages."""
+    found = sorted(p.name for p in DATA_DIR.glob("*.y*ml")) if DATA_DIR.is_dir() else []
+    return ", ".join(f"data/{n}" for n in found) or "none"
+
+
+def load_data_config(path, autodownload: bool = True) -> dict:
+    """Read and check a dataset YAML, generating or downloading its data when missing (its `download:` step).
+
+    Args:
+        path (str | Path): dataset YAML. A relative path is looked up from the working directory first, then from
+            the repository root (so `--data data/shapes.yaml` works from anywhere).
+        autodownload: run the YAML's `download:` step when the val images are missing.
+
+    Returns:
+        (dict): ultralytics' dataset dict: `train`, `val` (absolute paths), `names` ({index: name}), `nc`,
+        `path`, `yaml_file`, `channels`, ...
+
+    Raises:
+        FileNotFoundError: the YAML does not exist (message names it and lists data/*.yaml), or its train/val images
+            do not exist (message names the YAML, the key and the resolved path).
+    """
+    given = Path(path).expanduser()
+    file = given
+    if not file.is_file() and not given.is_absolute() and (ROOT / given).is_file():
+        file = ROOT / given
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
+            f"Dataset YAMLs in {DATA_DIR}: {_list_data_yamls()}"
+        )
+    try:
+        data = check_det_dataset(str(file), autodownload=autodownload)
+    except FileNotFoundError as e:  # ultralytics names the dataset by the string it got; say which YAML and why
+        raise FileNotFoundError(f"data YAML {file}: {e}") from e
+
+    # check_det_dataset only checks `val` (and only to decide on downloading): check every split that is given.
+    for key in ("train", "val", "test"):
+        value = data.get(key)
+        if not value:
+            if key != "test":
+                raise FileNotFoundError(f"data YAML {file}: '{key}:' is empty")
+            continue
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if not Path(p).exists():
+                msg = f"data YAML {file}: {key} images not found: {p}"
+                if key == "test":  # only val.py --task test needs it
+                    LOGGER.warning(msg)
+                    break
+                raise FileNotFoundError(msg)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- label rows
+def _row_problem(fields: list[str], num_cls: int, single_cls: bool, nkpt: int, ndim: int) -> str:
+    """Why one label row is unusable for detection, or '' when it is fine.
+
+    Accepted rows: `class x y w h`, a polygon `class x1 y1 x2 y2 x3 y3 ...` (ultralytics turns it into its box), or a
+    pose row of the data's kpt_shape (the box is kept). Every coordinate must lie in [0, 1] and the class must be an
+    integer in 0..num_cls-1 (any non-negative integer with single_cls).
+    """
+    n = len(fields)
+    is_pose = nkpt > 0 and n == 5 + nkpt * ndim
+    if not (n == 5 or is_pose or (n >= 7 and n % 2 == 1)):
+        return f"{n} columns, expected 5"
+    try:
+        values = [float(f) for f in fields]
+    except ValueError:
+        return "not a number"
+    if not all(math.isfinite(v) for v in values):
+        return "not a finite number"
+    cls = values[0]
+    if cls != int(cls) or cls < 0 or (not single_cls and cls >= num_cls):
+        return f"class {fields[0]} not in 0..{num_cls - 1}"
+    coords = values[1:5] if is_pose else values[1:]  # keypoints may legitimately be negative (invisible) markers
+    eps = 1e-6  # tolerate float printing noise such as 1.0000001, nothing more
+    if any(v < -eps or v > 1 + eps for v in coords):
+        return "coordinates outside [0, 1]"
+    return ""
+
+
+def verify_image_label_rows(args: tuple):
+    """ultralytics' `verify_image_label`, with the label file checked row by row first.
+
+    Args:
+        args: the tuple `verify_image_label` takes: (im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim,
+            single_cls).
+
+    Returns:
+        What `verify_image_label` returns (a 10-item tuple, or a list of 10 with None labels for a dropped file),
+        computed on the good rows only. Its message (last item) gains one line naming the label file and each
+        skipped row (1-based line number and reason); a dropped image that cannot be decoded is said to be so.
+    """
+    im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim, single_cls = args
+    good, bad = _split_rows(lb_file, num_cls, single_cls, nkpt, ndim) if not keypoint else ([], [])
+    if not bad:  # nothing to skip (or pose labels, or a missing/unreadable label file): ultralytics as it is
+        return _explain_drop(list(verify_image_label(args)), im_file, prefix)
+
+    # Hand ultralytics a copy with the good rows only, so all its other checks (duplicates, segments) still apply.
+    with tempfile.TemporaryDirectory(prefix="hornet-labels-") as tmp:
+        clean = Path(tmp) / Path(lb_file).name
+        clean.write_text("".join(f"{line}\n" for line in good), encoding="utf-8")
+        result = list(verify_image_label((im_file, str(clean), prefix, keypoint, num_cls, nkpt, ndim, single_cls)))
+    result[-1] = result[-1].replace(str(clean), str(lb_file))
+    result = _explain_drop(result, im_file, prefix)
+    note = f"{prefix}{lb_file}: {_SKIPPED_ROWS} ({len(bad)} of {len(bad) + len(good)}, rest kept): " + "; ".join(bad)
+    result[-1] = "\n".join(m for m in (result[-1], note) if m)
+    return result if result[0] is None else tuple(result)
+
+
+def _split_rows(lb_file: str, num_cls: int, single_cls: bool, nkpt: int, ndim: int) -> tuple[list[str], list[str]]:
+    """Good rows (text) and descriptions of bad rows ('row N: why') of a label file; ([], []) when it is unreadable."""
+    try:
+        with open(lb_file, encoding="utf-8-sig") as f:  # utf-8-sig: the encoding ultralytics reads labels with
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return [], []  # missing or unreadable: ultralytics counts or drops it and names it
+    good, bad = [], []
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue  # blank lines are not rows
+        problem = _row_problem(fields, num_cls, single_cls, nkpt, ndim)
+        if problem:
+            bad.append(f"row {number}: {problem}")
+        else:
+            good.append(line)
+    return good, bad
+
+
+def _explain_drop(result: list, im_file: str, prefix: str) -> list:
+    """When ultralytics dropped the image because it cannot be decoded, say so plainly.
+
+    ultralytics' reason is then often a side effect (e.g. "No module named 'pi_heif'": it tries a HEIF plugin on
+    files PIL cannot identify); the file is dropped either way, this only makes the message say why.
+    """
+    if result[0] is None and _CORRUPT in result[-1] and cv2.imread(str(im_file)) is None:
+        result[-1] = f"{prefix}{im_file}: {_CORRUPT}: the image cannot be decoded (damaged or not an image)"
+    return result
+
+
+class _WarnScanMessages(logging.Filter):
+    """Raise ultralytics' dataset-scan report to WARNING when it mentions skipped rows or dropped files.
+
+    ultralytics logs its per-file scan messages (and replays them from the label cache) at INFO; problems in the
+    user's data deserve a warning. The filter only changes the level of those records.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and any(s in str(record.msg) for s in (_SKIPPED_ROWS, _CORRUPT)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+class CheckedYOLODataset(YOLODataset):
+    """ultralytics' YOLODataset whose label scan skips bad rows instead of whole files.
+
+    Bad rows (wrong column count, coordinates outside [0, 1], unknown class, not a number) are dropped with one
+    warning per label file that names the file and the row numbers; unreadable or corrupt images are dropped by
+    ultralytics with a message naming the image (raised to a warning here). The label cache keeps working: its hash
+    includes ROW_CHECK_VERSION, so caches made without row checks are rebuilt, and the messages are replayed (as
+    warnings) whenever the cache is read.
+    """
+
+    def verify_args(self) -> tuple:
+        """ultralytics' per-image verification, with `verify_image_label` replaced by the row-checking version."""
+        func, iterable = super().verify_args()
+        return (verify_image_label_rows if func is verify_image_label else func), iterable
+
+    def get_cache_hash(self) -> str:
+        """ultralytics' cache hash, salted so that a cache written by plain ultralytics is not reused."""
+        return hashlib.sha256(f"{super().get_cache_hash()}|{ROW_CHECK_VERSION}".encode()).hexdigest()
+
+    def get_labels(self) -> list[dict]:
+        """ultralytics' get_labels, with the scan report about skipped rows and dropped files logged as warnings."""
+        warn = _WarnScanMessages()
+        LOGGER.addFilter(warn)
+        try:
+            return super().get_labels()
+        finally:
+            LOGGER.removeFilter(warn)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _detection_dataset_class(cls):
+    """Make ultralytics' build_yolo_dataset construct cls where it would construct YOLODataset (restored after)."""
+    with _BUILD_LOCK:
+        original = ul_build.YOLODataset
+        ul_build.YOLODataset = cls
+        try:
+            yield
+        finally:
+            ul_build.YOLODataset = original
+
+
+def build_yolo_dataset(cfg, img_path, batch, data, mode="train", rect=False, stride=32, multi_modal=False, fraction=None):
+    """ultralytics.data.build_yolo_dataset with CheckedYOLODataset as the detection dataset.
+
+    Same arguments and return as the ultralytics function (cfg: the trainer's args namespace; img_path: image folder,
+    list file or list of them; batch; data: the dict of `load_data_config`; mode 'train' augments; rect, stride,
+    multi_modal, fraction as there). Calling it rather than repeating it keeps the engine's choices (padding,
+    rectangular batches, dataset fraction, other tasks' dataset classes) in one place.
+    """
+    with _detection_dataset_class(CheckedYOLODataset):
+        return ul_build.build_yolo_dataset(cfg, img_path, batch, data, mode, rect, stride, multi_modal, fraction)
