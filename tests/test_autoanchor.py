@@ -76,3 +76,10 @@ def test_kmean_anchors_on_array():
 
 def test_anchor_free_head_is_skipped(dataset):
     assert check_anchors(dataset, model_with(None)) is None
+
+
+def test_anchor_count_only_gets_computed_anchors(dataset):
+    """`anchors: 3` in a model YAML means placeholders that autoanchor replaces."""
+    model = model_with(3)
+    assert check_anchors(dataset, model, imgsz=128) > 0.98
+    assert (model.model[-1].anchors > 0).all()
