@@ -26,13 +26,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ultralytics.utils import LOGGER
 
-__all__ = ("load_hornet_weights", "is_official_hornet_checkpoint", "to_official_state_dict", "format_report")
+__all__ = (
+    "load_hornet_weights",
+    "is_official_hornet_checkpoint",
+    "to_official_state_dict",
+    "official_state_dict",
+    "format_report",
+    "HorNetWeightsError",
+)
 
 OFFICIAL_KEY = re.compile(r"^(downsample_layers\.\d+|stages\.\d+\.\d+)\.(.+)$")  # (slot, name inside the slot)
 CLASSIFIER_PREFIXES = ("norm.", "head.")  # the ImageNet classifier: never loaded
 WRAPPER_PREFIXES = ("module.", "backbone.", "module.backbone.")  # DDP / detection-framework checkpoints
 CONTAINER_KEYS = ("model", "model_ema", "state_dict")  # where the state_dict sits in a checkpoint file
+
+
+class HorNetWeightsError(ValueError):
+    """An official checkpoint that does not fit the model; `.report` is load_hornet_weights' report."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 # --- which model module takes which official slot -------------------------------------------------
@@ -50,7 +66,7 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
     """The official slot each HorNet module of `model` takes.
 
     Returns `(slots, extra)`: `slots` maps an official prefix ('downsample_layers.k' or 'stages.k.j') to
-    `(row index, row type, module)`; `extra` describes HorNet rows that get no slot (a fifth HorBlock
+    `(row index, row type, module)`; `extra` lists `(row index, why)` for HorNet rows that get no slot (a fifth HorBlock
     row, a slot already taken). Rows are walked in order; a `HorNet` row with index k sets both counters
     to k + 1, so plain rows after it continue with the next stage.
     """
@@ -61,7 +77,7 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
 
     def claim(prefix, row):
         if prefix in slots:
-            extra.append(f"row {row[0]} {row[1]}: {prefix} is already taken by row {slots[prefix][0]}")
+            extra.append((row[0], f"row {row[0]} {row[1]}: {prefix} is already taken by row {slots[prefix][0]}"))
         else:
             slots[prefix] = row
 
@@ -74,14 +90,14 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
             next_down, next_stage = max(next_down, k + 1), max(next_stage, k + 1)
         elif isinstance(m, (HorStem, HorDown)):
             if next_down > 3:
-                extra.append(f"row {i} {kind}: the official network has only downsample_layers.0-3")
+                extra.append((i, f"row {i} {kind}: the official network has only downsample_layers.0-3"))
             else:
                 claim(f"downsample_layers.{next_down}", (i, kind, m))
             next_down += 1
         elif isinstance(m, HorBlock) or (isinstance(m, nn.Sequential) and len(m) and isinstance(m[0], HorBlock)):
             blocks = [m] if isinstance(m, HorBlock) else list(m)
             if next_stage > 3:
-                extra.append(f"row {i} {kind}: the official network has only stages.0-3")
+                extra.append((i, f"row {i} {kind}: the official network has only stages.0-3"))
             else:
                 for j, block in enumerate(blocks):
                     claim(f"stages.{next_stage}.{j}", (i, kind, block))
@@ -157,11 +173,6 @@ def resize_complex_weight(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.permute(1, 2, 3, 0).contiguous()
 
 
-def _describe(prefix: str, row) -> str:
-    i, kind, _ = row
-    return f"row {i} {kind} <- {prefix}"
-
-
 def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -> dict:
     """Copy an official HorNet checkpoint into the HorNet rows of `model`; return a report.
 
@@ -178,19 +189,22 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
                    when a tensor exists on one side only
       resized      (official key, checkpoint shape, model shape) of resized GF filters
       ignored      number of classifier tensors skipped
-    If anything mismatches, nothing in the model changes and ValueError(report text) is raised; a
-    checkpoint that covers none of the model's rows raises too. With `verbose` the report is printed.
+    If anything mismatches, nothing in the model changes and a HorNetWeightsError (a ValueError: the
+    report as text, the dict as `.report`) is raised; a checkpoint that covers none of the model's rows
+    raises too, as do a checkpoint without official keys and a model without HorNet rows. With
+    `verbose` the report is logged.
     """
     sd = official_state_dict(path_or_state)
     source = str(path_or_state) if isinstance(path_or_state, (str, Path)) else "checkpoint"
     if sd is None:
-        raise ValueError(f"{source}: not an official HorNet checkpoint (no downsample_layers.* / stages.* keys)")
+        raise HorNetWeightsError(f"{source}: not an official HorNet checkpoint (no downsample_layers.*/stages.* keys)")
     slots, extra = hornet_slots(model)
     if not slots:
-        raise ValueError(f"{source}: the model has no HorStem/HorDown/HorBlock/HorNet rows to load HorNet weights into")
+        raise HorNetWeightsError(f"{source}: the model has no HorStem/HorDown/HorBlock/HorNet rows to load into")
     names = {id(m): n for n, m in model.named_modules()}
+    tensors = {prefix: row[2].state_dict(keep_vars=True) for prefix, row in slots.items()}  # slot -> its parameters
 
-    report = {"loaded": 0, "loaded_keys": [], "rows": {}, "not_covered": list(extra), "unused": [],
+    report = {"loaded": 0, "loaded_keys": [], "rows": {}, "not_covered": [], "unused": [],
               "mismatched": [], "resized": [], "ignored": 0}  # fmt: skip
     updates = []  # (model tensor, new value): applied only when everything fits
     used, unused = set(), set()
@@ -204,9 +218,8 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
             unused.add(prefix)
             continue
         used.add(prefix)
-        module = slots[prefix][2]
-        target = module.state_dict(keep_vars=True).get(name)
-        model_key = f"{names.get(id(module), '?')}.{name}"
+        target = tensors[prefix].get(name)
+        model_key = f"{names.get(id(slots[prefix][2]), '?')}.{name}"
         if target is None:
             report["mismatched"].append((key, model_key, tuple(value.shape), None))
             continue
@@ -224,29 +237,33 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
     # model tensors that a covered slot has and the checkpoint lacks (a 1x1 `proj` of a HorBlock whose
     # input width differs is ours, not official: it keeps its initialization)
     present = set(sd)
-    for prefix in sorted(used):
-        module = slots[prefix][2]
-        for name, t in module.state_dict().items():
+    for prefix in sorted(used, key=_slot_order):
+        for name, t in tensors[prefix].items():
             if f"{prefix}.{name}" not in present and not name.startswith("proj."):
-                report["mismatched"].append((f"{prefix}.{name}", f"{names.get(id(module), '?')}.{name}", None, tuple(t.shape)))
+                model_key = f"{names.get(id(slots[prefix][2]), '?')}.{name}"
+                report["mismatched"].append((f"{prefix}.{name}", model_key, None, tuple(t.shape)))
 
+    not_covered = list(extra)
     for prefix, row in slots.items():
         if prefix not in used:
-            report["not_covered"].append(f"{_describe(prefix, row)} (not in the checkpoint)")
+            not_covered.append((row[0], f"row {row[0]} {row[1]} <- {prefix} (not in the checkpoint)"))
         else:
             report["rows"].setdefault(row[0], []).append(prefix)
+    report["not_covered"] = [text for _, text in sorted(not_covered, key=lambda t: t[0])]
     report["unused"] = sorted(unused, key=_slot_order)
     report["loaded"] = len(updates)
 
     if report["mismatched"]:
-        raise ValueError(f"{source}: HorNet weights do not fit the model, nothing was loaded\n{format_report(report)}")
+        why = "HorNet weights do not fit the model, nothing was loaded"
+        raise HorNetWeightsError(f"{source}: {why}\n{format_report(report)}", report)
     if not updates:
-        raise ValueError(f"{source}: the checkpoint covers none of the model's HorNet rows\n{format_report(report)}")
+        why = "the checkpoint covers none of the model's HorNet rows"
+        raise HorNetWeightsError(f"{source}: {why}\n{format_report(report)}", report)
     with torch.no_grad():
         for target, value in updates:
             target.copy_(value)
     if verbose:
-        print(format_report(report))
+        LOGGER.info(format_report(report))
     return report
 
 
@@ -255,23 +272,29 @@ def _slot_order(prefix: str):
     return (int(parts[1]), parts[0] == "stages", int(parts[2]) if len(parts) > 2 else -1)
 
 
-def format_report(report: dict) -> str:
-    """A few readable lines for a `load_hornet_weights` report."""
-    lines = [f"HorNet weights: {report['loaded']} tensors loaded into rows {sorted(report['rows'])}"
+def format_report(report: dict, max_lines: int = 20) -> str:
+    """A few readable lines for a `load_hornet_weights` report (at most `max_lines` mismatches listed)."""
+    n, bad = report["loaded"], report["mismatched"]
+    head = f"{n} tensors fit, {len(bad)} do not: nothing loaded" if bad else f"{n} tensors loaded"
+    lines = [f"HorNet weights: {head} (rows {sorted(report['rows'])})"
              + (f", {report['ignored']} classifier tensors ignored" if report["ignored"] else "")]  # fmt: skip
     for key, old, new in report["resized"]:
         lines.append(f"  resized GF filter {key}: {list(old)} -> {list(new)}")
     if report["not_covered"]:
-        lines.append(f"  model HorNet parts not covered ({len(report['not_covered'])}): keep their initialization")
+        lines.append(f"  model HorNet parts not covered ({len(report['not_covered'])}), left as initialized:")
         lines += [f"    {s}" for s in report["not_covered"]]
     if report["unused"]:
         lines.append(f"  official parts not used ({len(report['unused'])}): {', '.join(report['unused'])}")
-    if report["mismatched"]:
-        lines.append(f"  mismatches ({len(report['mismatched'])}): official key, model key, checkpoint shape, model shape")
-        for key, model_key, a, b in report["mismatched"]:
+    if bad:
+        lines.append(f"  mismatches ({len(bad)}): official key -> model key: checkpoint shape, model shape")
+        for key, model_key, a, b in bad[:max_lines]:
             a = list(a) if a is not None else "absent"
             b = list(b) if b is not None else "absent"
             lines.append(f"    {key} -> {model_key}: checkpoint {a}, model {b}")
+        if len(bad) > max_lines:
+            lines.append(f"    ... and {len(bad) - max_lines} more")
+        if any(k.endswith("dwconv.weight") for k, *_ in bad) and any("dwconv.complex_weight" in k for k, *_ in bad):
+            lines.append("  hint: the checkpoint and the YAML use different gnConv filters (7x7 vs gf) in some stage")
     return "\n".join(lines)
 
 
@@ -281,8 +304,9 @@ def format_report(report: dict) -> str:
 def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The HorNet rows of `model` as an official state_dict (`downsample_layers.*`, `stages.*`).
 
-    Detached tensors that share storage with the model, as `state_dict()` gives them; no classifier keys; a HorBlock's own `proj` (input width != output width) has no
-    official name and is left out. `{'model': to_official_state_dict(m)}` loads with load_hornet_weights.
+    Detached tensors that share storage with the model, as `state_dict()` gives them. No classifier
+    keys; a HorBlock's own `proj` (input width != output width) has no official name and is left out.
+    `{'model': to_official_state_dict(m)}` loads back with load_hornet_weights.
     """
     slots, _ = hornet_slots(model)
     out = {}

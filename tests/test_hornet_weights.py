@@ -109,7 +109,9 @@ def test_wrong_width_raises_with_report_and_changes_nothing():
     assert "nothing was loaded" in message
     # both shapes of a mismatch are named: the stem conv is 32 wide in the checkpoint, 64 in the model
     assert "downsample_layers.0.0.weight -> model.0.0.weight: checkpoint [32, 3, 4, 4], model [64, 3, 4, 4]" in message
-    assert "stages.3.0.pwconv1.weight" in message
+    mismatched = {key: (a, b) for key, _, a, b in err.value.report["mismatched"]}  # the whole list, as a dict
+    assert mismatched["stages.3.0.pwconv1.weight"] == ((1024, 256), (2048, 512))
+    assert len(mismatched) == 122  # every backbone tensor of the mini differs in width
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a failed load changed the model"
 
