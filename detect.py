@@ -125,7 +125,7 @@ def run(
     try:
         predictor.setup_model(model, verbose=False)
     except Exception as e:  # an .onnx/.torchscript file that its runtime cannot read
-        raise ValueError(f"{weights} could not be loaded as a model: {e}") from e
+        raise ValueError(f"{weights} could not be loaded as a model: {str(e).splitlines()[0]}") from e
     if half and predictor.model.device.type == "cpu":
         LOGGER.warning("--half needs a GPU (--device 0): running float32 on CPU")
     fixed = getattr(predictor.model, "imgsz", None)
@@ -134,6 +134,10 @@ def run(
     LOGGER.info(f"{colorstr('detect:')} weights={weights} source={source} save_dir={save_dir}")
     try:
         predictor.predict_cli(source=source)
+    except FileNotFoundError as e:
+        if str(e).startswith("Failed to open video"):  # a later file of a folder/list that OpenCV cannot decode
+            raise SourceError(f"{e}: the file is corrupt or in a format OpenCV cannot read; outputs so far are saved") from e
+        raise
     finally:
         for path, (got, total) in predictor.incomplete_videos().items():
             LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")

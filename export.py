@@ -6,7 +6,7 @@
 The files land next to the weights (`best.onnx`, `best.torchscript`) and carry the metadata ultralytics'
 AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py` take them as they
 are. Global Filter (GF) models export too: their FFT becomes DFT matrix products for the export size (see
-utils/export.py), so their height and width are fixed (--dynamic leaves only the batch dynamic).
+utils/export.py), so their input size is fixed (--dynamic is ignored for them, with a warning).
 """
 
 from __future__ import annotations
@@ -92,11 +92,12 @@ def run(
     size = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     checked = check_imgsz(size, stride=stride, min_dim=2)  # multiples of the stride, with a warning when rounded
     gf = has_global_filter(model)
-    if dynamic and gf:
+    if dynamic and gf:  # a dynamic batch alone would make AutoBackend take the file for fully dynamic
         LOGGER.warning(
-            "--dynamic: this model has Global Filter layers, whose exported DFT matrices are built for one size: "
-            f"the batch is dynamic, height and width stay {checked[0]}x{checked[1]}"
+            "--dynamic ignored: this model has Global Filter layers, whose exported DFT matrices are built for one "
+            f"input size; exporting a fixed {batch_size}x3x{checked[0]}x{checked[1]} input"
         )
+        dynamic = False
     im = torch.rand(batch_size, model.yaml.get("channels", 3), *checked, device=device)
     LOGGER.info(f"Exporting {weights} ({'Global Filter, ' if gf else ''}input {tuple(im.shape)}) to {', '.join(include)}")
     em = exportable_model(model, im)
@@ -108,9 +109,9 @@ def run(
         file = weights.with_suffix(FORMATS[fmt])
         if file.exists():
             LOGGER.info(f"{fmt}: overwriting the previous export {file}")
-        metadata = export_metadata(model, checked, batch_size, dynamic and not gf, half, fmt, weights)
+        metadata = export_metadata(model, checked, batch_size, dynamic, half, fmt, weights)
         if fmt == "onnx":
-            export_onnx(em, im, file, metadata, opset=opset, dynamic=dynamic, dynamic_hw=not gf, simplify=simplify)
+            export_onnx(em, im, file, metadata, opset=opset, dynamic=dynamic, simplify=simplify)
             diff = compare(onnx_output(file, im), want, max(checked), "ONNX")
         else:
             export_torchscript(em, im, file, metadata)
@@ -129,7 +130,7 @@ def parse_opt(argv=None):
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
     parser.add_argument("--device", default="cpu", help="cpu, or a cuda device such as 0")
     parser.add_argument("--half", action="store_true", help="FP16 export (GPU only)")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width (batch only for GF models)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width (not for GF models)")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
     opt = parser.parse_args(argv)

@@ -150,11 +150,11 @@ def export_torchscript(model: nn.Module, im: torch.Tensor, file, metadata: dict)
 
 
 def export_onnx(model: nn.Module, im: torch.Tensor, file, metadata: dict, opset: int | None = None,
-                dynamic: bool = False, dynamic_hw: bool = True, simplify: bool = False) -> Path:
+                dynamic: bool = False, simplify: bool = False) -> Path:
     """Write `model` (an exportable_model) as ONNX with the metadata in `metadata_props`.
 
-    `dynamic`: batch dynamic, and height/width too when `dynamic_hw` (not for Global Filter models, whose
-    DFT matrices have a fixed size). `simplify` runs onnxslim, or onnxsim if that is what is installed.
+    `dynamic`: batch, height and width dynamic (not for Global Filter models, whose DFT matrices have a
+    fixed size). `simplify` runs onnxslim, or onnxsim if that is what is installed.
     """
     import onnx
     from ultralytics.utils.export.engine import best_onnx_opset, torch2onnx
@@ -162,7 +162,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file, metadata: dict, opset:
     opset = opset or best_onnx_opset(onnx)
     axes = None
     if dynamic:
-        axes = {"images": {0: "batch", **({2: "height", 3: "width"} if dynamic_hw else {})}, "output0": {0: "batch", 2: "anchors"}}
+        axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}}
     LOGGER.info(f"ONNX: exporting with torch {torch.__version__}, onnx {onnx.__version__}, opset {opset}...")
     torch2onnx(model, im, str(file), opset=opset, input_names=["images"], output_names=["output0"], dynamic=axes)
     proto = onnx.load(str(file))

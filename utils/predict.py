@@ -115,6 +115,12 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
         raise SourceError(f"source not found: {source}")
     if path.is_dir() and not any(p.suffix[1:].lower() in IMG_FORMATS | VID_FORMATS for p in path.iterdir()):
         raise SourceError(f"source {source} is a folder with no images or videos in it")
+    if path.is_file() and path.suffix[1:].lower() in VID_FORMATS:
+        cap = cv2.VideoCapture(str(path))
+        ok = cap.isOpened()
+        cap.release()
+        if not ok:
+            raise SourceError(f"video {source} could not be opened: the file is corrupt or in a format OpenCV cannot read")
     if path.suffix.lower() == ".txt":
         entries = [e.strip() for e in path.read_text(encoding="utf-8-sig").splitlines() if e.strip()]
         if not entries:
