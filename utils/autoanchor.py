@@ -30,6 +30,7 @@ def label_wh(dataset, imgsz: int = 640, rng: np.random.Generator | None = None, 
     `dataset` is anything with `.labels`: dicts with "bboxes" (n, 4) normalised xywh and "shape" (h, w).
     """
     rng = rng or np.random.default_rng(0)
+    imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # (h, w) sizes: the letterbox's longer side
     out = []
     for label in dataset.labels:
         boxes = np.asarray(label.get("bboxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
