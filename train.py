@@ -26,6 +26,7 @@ import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from utils.trainer import HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
+HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -74,9 +75,10 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     if opt.resume:
         return {"resume": opt.resume, "project": project, "device": opt.device or None}
-    hyp = load_hyp(opt.hyp)
+    hyp = {**load_hyp(HYP_DEFAULTS), **load_hyp(opt.hyp)}  # keys a hyp file leaves out keep YOLOv5's values
     optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
     hyp.pop("optimizer", None)
+    hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
     if opt.weights and not Path(opt.weights).is_file():
         raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
     if opt.cfg is None and is_our_checkpoint(opt.weights):

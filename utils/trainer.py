@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import time
 from copy import copy
 from datetime import datetime
 from pathlib import Path
@@ -43,10 +44,10 @@ from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
-# YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning
-# (cls_pw: YOLOv5's class-BCE positive weight, read by utils.loss.AnchorLoss; see set_model_attributes).
+# YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning.
+# Not `cls_pw`: YOLOv5's is a class-BCE positive weight, the engine's a class-frequency weight power.
 ENGINE_HYP_KEYS = (
-    "lr0 lrf momentum weight_decay warmup_epochs warmup_momentum warmup_bias_lr box cls cls_pw dfl "
+    "lr0 lrf momentum weight_decay warmup_epochs warmup_momentum warmup_bias_lr box cls dfl "
     "hsv_h hsv_s hsv_v degrees translate scale shear perspective flipud fliplr mosaic mixup copy_paste "
     "cutmix bgr close_mosaic nbs"
 ).split()
@@ -66,7 +67,7 @@ EXTRA_DEFAULTS = {
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
 HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
-HYP_FILE_ONLY = ("optimizer",)  # allowed in a hyp file, applied unless the command line gives it
+HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
 
 # Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
 RESUME_ALLOWED = {"device", "workers", "cache", "plots", "save_period", "patience"}
@@ -91,15 +92,19 @@ def load_hyp(path) -> dict:
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     for k, v in hyp.items():
-        if k in HYP_FILE_ONLY:
+        if k == "optimizer":
             if v not in {"SGD", "Adam", "AdamW"}:
                 raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {v!r}")
+        elif k == "cls_pw":  # every YOLOv5 hyp file has 1.0 (no effect); other values have no equivalent here
+            if v != 1.0:
+                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {v!r}")
         elif k not in HYP_KEYS:
             import difflib
 
             close = difflib.get_close_matches(str(k), HYP_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {', '.join(HYP_KEYS)}")
+            known = ", ".join((*HYP_KEYS, *HYP_FILE_ONLY))
+            raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {known}")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
             raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
     return hyp
@@ -333,12 +338,6 @@ class HorNetTrainer(DetectionTrainer):
                 LOGGER.info(f"anchor-free head: ultralytics loss gains {ANCHOR_FREE_GAINS} instead of the hyp's box/cls")
                 for k, v in ANCHOR_FREE_GAINS.items():
                     setattr(self.args, k, v)
-            self.args.cls_pw = 0.0  # ultralytics' cls_pw means class-frequency weights, not YOLOv5's BCE weight
-
-    def set_class_weights(self):
-        """ultralytics' class-frequency weights are for its own loss only (AnchorLoss reads cls_pw as YOLOv5 does)."""
-        if not isinstance(_head(self.model), AnchorDetect):
-            super().set_class_weights()
 
     def _build_train_pipeline(self):
         """Dataloaders, then autoanchor once (before the EMA copy is made, after the labels are loaded)."""
@@ -381,6 +380,7 @@ class HorNetTrainer(DetectionTrainer):
                 "hyp": {k: getattr(self.args, k, None) for k in HYP_KEYS},
                 "train_args": vars(self.args),
                 "train_metrics": {**(self.metrics or {}), "fitness": self.fitness},
+                "train_time": time.time() - self.train_time_start,  # so a resumed run's time column continues
                 "date": datetime.now().astimezone().isoformat(),
                 "version": f"ultralytics {__version__}",
             }
@@ -413,6 +413,13 @@ class HorNetTrainer(DetectionTrainer):
             self.ema.updates = ckpt.get("updates", 0)
         self.best_fitness = ckpt.get("best_fitness")
         self.stopper.__dict__.update(ckpt.get("stopper") or {})
+
+    def resume_training(self, ckpt):
+        """Continue at the epoch after the checkpoint's; results.csv's time column goes on from where it stopped."""
+        super().resume_training(ckpt)
+        if ckpt is not None and self.resume:
+            done = float(ckpt.get("train_time") or 0.0)
+            self.add_callback("on_train_start", lambda t: setattr(t, "train_time_start", t.train_time_start - done))
 
     def final_eval(self):
         """Drop the optimizer from last.pt/best.pt (as YOLOv5 does), then validate best.pt."""
