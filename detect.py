@@ -138,9 +138,8 @@ def run(
         if str(e).startswith("Failed to open video"):  # a later file of a folder/list that OpenCV cannot decode
             raise SourceError(f"{e}: the file is corrupt or in a format OpenCV cannot read; outputs so far are saved") from e
         raise
-    finally:
-        for path, (got, total) in predictor.incomplete_videos().items():
-            LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")
+    for path, (got, total) in predictor.incomplete_videos().items():  # only after a run that reached the end
+        LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")
     return predictor
 
 

@@ -155,7 +155,17 @@ class HorNetPredictor(DetectionPredictor):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.video_progress = {}  # video path -> [last frame read, frames announced]
+        self.stopped_by_user = False  # q pressed in the --view-img window
         self._slot = 0
+
+    def show(self, p: str = ""):
+        """ultralytics' window; remembers when q stops the run (so an early end is not taken for a truncated video)."""
+        try:
+            super().show(p)
+        except StopIteration:
+            self.stopped_by_user = True
+            LOGGER.info("q pressed: stopping; the outputs written so far are saved")
+            raise
 
     def inference(self, im: torch.Tensor, *args, **kwargs):
         """The model's predictions (B, 4 + nc, N); with --augment on a PyTorch model, merged over scales and flips."""
@@ -196,5 +206,10 @@ class HorNetPredictor(DetectionPredictor):
         super().save_predicted_images(save_path, frame)
 
     def incomplete_videos(self) -> dict:
-        """{video path: (frames read, frames announced)} for videos that stopped early (truncated or corrupt)."""
+        """{video path: (frames read, frames announced)} for videos that ended early (truncated or corrupt).
+
+        Meaningful after a run that went to the end: empty when q stopped it.
+        """
+        if self.stopped_by_user:
+            return {}
         return {p: tuple(v) for p, v in self.video_progress.items() if v[0] < v[1]}
