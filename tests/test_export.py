@@ -1,0 +1,133 @@
+"""export.py: ONNX and TorchScript files match PyTorch (HorNet and HorNet-GF models, square and non-square
+sizes, dynamic axes), carry the metadata ultralytics' AutoBackend reads, and run in detect.py.
+
+Models are tiny and untrained (yolov5n-hornet / yolov5n-hornet-gf, nc=3, 64-96 px inputs). Outputs are
+compared on fresh random inputs, not only on the one export.py checks itself with.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export
+from models.hornet import GlobalLocalFilter
+from models.yolo import Model, save_checkpoint
+from utils.export import MatmulGlobalFilter, max_diffs, onnx_output, read_metadata, reference_output, torchscript_output
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = {0: "circle", 1: "square", 2: "triangle"}
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{'hornet': path, 'gf': path} of untrained nc=3 checkpoints, and the models themselves."""
+    d = tmp_path_factory.mktemp("export")
+    out = {}
+    for key, cfg in (("hornet", "cfg/yolov5n-hornet.yaml"), ("gf", "cfg/yolov5n-hornet-gf.yaml")):
+        torch.manual_seed(1)
+        model = Model(ROOT / cfg, nc=3, verbose=False).eval()
+        model.names = dict(NAMES)
+        out[key] = (save_checkpoint(d / f"{key}.pt", model), model)
+    return out
+
+
+def copy_to(tmp_path: Path, src: Path) -> Path:
+    """A private copy of a checkpoint, so that each test's exports land in its own folder."""
+    dst = tmp_path / src.name
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("key", ["hornet", "gf"])
+@pytest.mark.parametrize("imgsz", [[64], [64, 96]], ids=["square", "non-square"])
+def test_onnx_and_torchscript_match_pytorch(checkpoints, tmp_path, key, imgsz):
+    path, model = checkpoints[key]
+    weights = copy_to(tmp_path, path)
+    results = export.run(weights=weights, include=["onnx", "torchscript"], imgsz=imgsz)
+    h, w = imgsz * 2 if len(imgsz) == 1 else imgsz
+    assert results["onnx"]["file"] == weights.with_suffix(".onnx") and results["onnx"]["max_diff"] < TOL
+    assert results["torchscript"]["file"] == weights.with_suffix(".torchscript")
+    for seed in (0, 1):  # fresh inputs, not export.py's own check input
+        im = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+        want = reference_output(model, im)
+        for got in (onnx_output(weights.with_suffix(".onnx"), im), torchscript_output(weights.with_suffix(".torchscript"), im)):
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() < TOL, max_diffs(got, want)
+    meta = read_metadata(weights.with_suffix(".onnx"))
+    assert meta["task"] == "detect" and meta["imgsz"] == str([h, w]) and meta["stride"] == "32" and meta["batch"] == "1"
+    assert eval(meta["names"]) == NAMES  # noqa: S307 (a test reading back what it wrote)
+    ts_meta = read_metadata(weights.with_suffix(".torchscript"))
+    assert ts_meta["imgsz"] == [h, w] and ts_meta["task"] == "detect"
+
+
+def test_dynamic_onnx_runs_other_sizes_and_batches(checkpoints, tmp_path):
+    path, model = checkpoints["hornet"]
+    weights = copy_to(tmp_path, path)
+    export.run(weights=weights, include=["onnx"], imgsz=[64], dynamic=True)
+    im = torch.rand(2, 3, 96, 64)
+    got, want = onnx_output(weights.with_suffix(".onnx"), im), reference_output(model, im)
+    assert got.shape == want.shape and np.abs(got - want).max() < TOL
+
+
+def test_gf_dynamic_falls_back_to_fixed_size(checkpoints, tmp_path):
+    import onnx
+
+    weights = copy_to(tmp_path, checkpoints["gf"][0])
+    export.run(weights=weights, include=["onnx"], imgsz=[64, 96], dynamic=True)
+    dims = onnx.load(str(weights.with_suffix(".onnx"))).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 64, 96]
+
+
+@pytest.mark.parametrize("size", [(14, 14), (10, 7), (5, 9), (4, 4)])
+def test_matmul_global_filter_equals_fft(size):
+    torch.manual_seed(0)
+    gf = GlobalLocalFilter(16, 7, 4).eval()
+    with torch.no_grad():
+        gf.complex_weight.normal_()  # far from the 0.02 init, so the filter matters
+    x = torch.randn(2, 16, *size)
+    with torch.no_grad():
+        assert (MatmulGlobalFilter(gf, *size)(x) - gf(x)).abs().max() < 1e-4
+
+
+def test_exported_files_run_in_detect(checkpoints, tmp_path):
+    import detect
+
+    weights = copy_to(tmp_path, checkpoints["gf"][0])
+    export.run(weights=weights, include=["onnx", "torchscript"], imgsz=[64, 96])
+    import cv2
+
+    image = tmp_path / "img.jpg"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    for suffix in (".onnx", ".torchscript"):
+        p = detect.run(weights=weights.with_suffix(suffix), source=image, project=tmp_path / "runs", device="cpu", imgsz=[64, 96])
+        assert p.model.names == NAMES and list(p.imgsz) == [64, 96]
+        assert (p.save_dir / "img.jpg").is_file()
+
+
+def test_half_on_cpu_exports_float32(checkpoints, tmp_path):
+    import onnx
+
+    weights = copy_to(tmp_path, checkpoints["hornet"][0])
+    export.run(weights=weights, include=["onnx"], imgsz=[64], half=True)
+    elem = onnx.load(str(weights.with_suffix(".onnx"))).graph.input[0].type.tensor_type.elem_type
+    assert elem == onnx.TensorProto.FLOAT
+
+
+def test_bad_weights_and_formats(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        export.run(weights=junk, include=["onnx"], imgsz=[64])
+    with pytest.raises(ValueError, match="tflite"):
+        export.run(weights=junk, include=["tflite"], imgsz=[64])
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(tmp_path / "none.pt")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "none.pt" in r.stdout + r.stderr
