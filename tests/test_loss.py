@@ -183,3 +183,11 @@ def test_loss_decreases_with_training():
         losses.append(loss.sum().item())
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_batch_without_labels():
+    """Background-only batches (the embedded set has images with nothing in them): only objectness is learnt."""
+    model = tiny_model()
+    loss, items = model.loss(make_batch([], []))
+    assert items["box_loss"] == 0 and items["cls_loss"] == 0 and items["obj_loss"] > 0
+    loss.sum().backward()  # still a graph: the objectness of every cell is pushed down
