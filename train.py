@@ -15,6 +15,7 @@ Python: `import train; train.run(cfg=..., data=..., epochs=1)` returns the train
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def overrides_from(opt: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
     if not Path(opt.data).is_file():
         raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
-    save_dir = increment_run_dir(project, opt.name, opt.exist_ok)  # exp, exp2, ... as YOLOv5 names them
+    # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given
+    torchrun = os.environ.get("LOCAL_RANK") is not None
+    save_dir = increment_run_dir(project, opt.name, opt.exist_ok or torchrun)
     freeze = opt.freeze[0] if len(opt.freeze) == 1 else list(opt.freeze)
     overrides = {
         "task": "detect",

@@ -41,7 +41,7 @@ from models.yolo import Model, load_model, save_checkpoint
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOGGER, RANK, colorstr
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 # YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning.
@@ -232,6 +232,9 @@ class HorNetTrainer(DetectionTrainer):
         self._extras = {k: overrides.pop(k) for k in list(overrides) if k in EXTRA_DEFAULTS}
         self._anchors_checked = False
         super().__init__(cfg, overrides, _callbacks)
+        if LOCAL_RANK != -1 and os.environ.get("WORLD_SIZE"):
+            # started by torchrun (several machines): the process group spans all nodes, not just this one's devices
+            self.world_size = int(os.environ["WORLD_SIZE"])
 
     # --- args, resume ----------------------------------------------------------------------------------
 
