@@ -20,6 +20,7 @@ a ValueError carries the report. `to_official_state_dict` is the inverse mapping
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -194,8 +195,16 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
     raises too, as do a checkpoint without official keys and a model without HorNet rows. With
     `verbose` the report is logged.
     """
-    sd = official_state_dict(path_or_state)
     source = str(path_or_state) if isinstance(path_or_state, (str, Path)) else "checkpoint"
+    try:
+        sd = official_state_dict(path_or_state)
+    except pickle.UnpicklingError as e:  # it holds pickled objects besides tensors
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))  # torch's one useful line
+        first = found.group(1).split(" was not an allowed")[0].strip()[:200] if found else type(e).__name__
+        hint = "if you trust the file, keep only its tensors: torch.save({'model': torch.load(f, weights_only=False)['model']}, f2)"
+        raise HorNetWeightsError(f"{source}: not readable with torch.load(weights_only=True) ({first}); {hint}") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # a missing or broken file
+        raise HorNetWeightsError(f"{source}: cannot be read with torch.load(weights_only=True): {e}") from e
     if sd is None:
         raise HorNetWeightsError(f"{source}: not an official HorNet checkpoint (no downsample_layers.*/stages.* keys)")
     slots, extra = hornet_slots(model)

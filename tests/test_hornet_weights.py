@@ -4,6 +4,7 @@ The mini checkpoints and their stage outputs come from the official implementati
 (../shared/fixtures, see its README); the tests skip when that folder is absent.
 """
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from models.hornet import load_hornet_weights
-from models.hornet_weights import is_official_hornet_checkpoint, to_official_state_dict
+from models.hornet_weights import HorNetWeightsError, is_official_hornet_checkpoint, to_official_state_dict
 from models.yolo import Model, load_model_yaml, parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +168,17 @@ def test_is_official_hornet_checkpoint(tmp_path):
     assert not is_official_hornet_checkpoint({"model": {"head.weight": torch.zeros(1)}})
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert not is_official_hornet_checkpoint(tmp_path / "junk.pt")
+
+
+def test_unreadable_checkpoints_are_named(tmp_path):
+    """Files that weights_only=True refuses (pickled objects besides tensors) fail with the file and a way out."""
+    torch.save({"model": {"stages.0.0.gamma1": torch.zeros(2)}, "args": argparse.Namespace(lr=1)}, tmp_path / "ns.pth")
+    rows = torch.nn.Sequential()
+    with pytest.raises(HorNetWeightsError, match=r"ns\.pth: not readable .*argparse\.Namespace.*keep only its tensors"):
+        load_hornet_weights(rows, tmp_path / "ns.pth", verbose=False)
+    assert not is_official_hornet_checkpoint(tmp_path / "ns.pth")
+    with pytest.raises(HorNetWeightsError, match="missing.pth: cannot be read"):
+        load_hornet_weights(rows, tmp_path / "missing.pth", verbose=False)
 
 
 def test_hornet_t_backbone_params_and_full_size_round_trip(tmp_path):
