@@ -15,7 +15,7 @@ Inside a slot the parameter names are the official ones, so a key maps by swappi
     report = load_hornet_weights(model, 'hornet_tiny_7x7.pth')
 
 `load_hornet_weights` is all-or-nothing: if any tensor does not fit, nothing in the model changes and
-a ValueError carries the report. `to_official_state_dict` is the inverse mapping.
+a HorNetWeightsError (a ValueError) carries the report. `to_official_state_dict` is the inverse mapping.
 """
 
 from __future__ import annotations
