@@ -222,3 +222,27 @@ def test_trainer_survives_ddp_relaunch(trained, tmp_path):
     worker = HorNetTrainer(cfg=cfg, overrides={**args, "save_dir": str(tmp_path)})  # (the engine re-uses save_dir)
     assert worker.args.anchor_t == trainer.args.anchor_t and worker.args.hyp == trainer.args.hyp
     assert worker.save_dir == tmp_path and worker.args.model == "cfg/yolov5n.yaml"
+
+
+def test_nan_recovery_reloads_our_checkpoint(data, fast_hyp, tmp_path):
+    """A NaN loss in epoch 2 sends the run back to last.pt (our weights_only format) and epoch 2 is redone once."""
+    opt = train.parse_opt(["--cfg", "cfg/yolov5n.yaml", "--data", str(data), "--hyp", str(fast_hyp), "--epochs", "2",
+                           "--project", str(tmp_path), "--noautoanchor", "--noval", *FAST])
+    trainer = HorNetTrainer(overrides=train.overrides_from(opt))
+    poisoned = []
+
+    def poison(t):
+        if t.epoch == 1 and not poisoned:
+            poisoned.append(t.epoch)
+            t.loss = torch.tensor(float("nan"))
+
+    trainer.add_callback("on_train_epoch_end", poison)
+    trainer.train()
+    assert poisoned == [1]
+    assert [r["epoch"] for r in read_csv(trainer.csv)] == [1, 2]  # the poisoned pass left no row
+
+
+def test_albumentations_flag(tmp_path, data):
+    o = train.overrides_from(train.parse_opt(["--data", str(data), "--albumentations", "data/hyps/albumentations.yaml",
+                                              "--project", str(tmp_path)]))
+    assert o["augmentations"] and o["albumentations"] == "data/hyps/albumentations.yaml"

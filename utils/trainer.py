@@ -248,6 +248,8 @@ class HorNetTrainer(DetectionTrainer):
             return
         last = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"} else None
         last = last or latest_run(self.args.project or "runs/train")
+        if last.is_dir():  # a run folder
+            last = last / "weights" / "last.pt"
         ckpt = read_checkpoint(last)
         args = dict(ckpt.get("train_args") or {})
         if not args:
@@ -325,8 +327,9 @@ class HorNetTrainer(DetectionTrainer):
             return ckpt
         cfg, weights = self.args.model, self.args.weights or None
         if str(cfg).endswith((".pt", ".pth")):  # --weights ours.pt without --cfg: its model, its anchors
-            self.model = self.get_model(cfg=read_checkpoint(cfg)["model_yaml"], verbose=RANK in {-1, 0})
-            self.model.load_state_dict(read_checkpoint(cfg)["model"], strict=False)
+            ckpt = read_checkpoint(cfg)
+            self.model = self.get_model(cfg=ckpt["model_yaml"], verbose=RANK in {-1, 0})
+            self.model.load_state_dict(ckpt["model"], strict=False)
             LOGGER.info(f"Model and weights from {cfg}")
             return None
         self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
@@ -416,6 +419,30 @@ class HorNetTrainer(DetectionTrainer):
             self.ema.updates = ckpt.get("updates", 0)
         self.best_fitness = ckpt.get("best_fitness")
         self.stopper.__dict__.update(ckpt.get("stopper") or {})
+
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        """NaN/Inf loss or fitness: go back to last.pt and redo the epoch (the engine's own reload unpickles)."""
+        bad = (self.loss is not None and not torch.isfinite(self.loss).all()) or (
+            self.fitness is not None and not np.isfinite(self.fitness)
+        )
+        flag = [bool(bad) if RANK in {-1, 0} else None]
+        if RANK != -1:
+            dist.broadcast_object_list(flag, 0)  # every rank must take the same branch
+        if not flag[0]:
+            return False
+        if epoch == self.start_epoch or not self.last.is_file():
+            LOGGER.warning("NaN/Inf loss or fitness in the first epoch: no checkpoint to go back to, going on")
+            return False
+        self.nan_recovery_attempts += 1
+        if self.nan_recovery_attempts > 3:
+            raise RuntimeError(f"training failed: NaN/Inf for {self.nan_recovery_attempts} epochs in a row")
+        LOGGER.warning(f"NaN/Inf loss or fitness: back to {self.last} (attempt {self.nan_recovery_attempts}/3)")
+        ckpt = read_checkpoint(self.last)
+        self._model_train()
+        unwrap_model(self.model).load_state_dict(ckpt["model"])
+        self._load_checkpoint_state(ckpt)
+        self.scheduler.last_epoch = epoch - 1
+        return True
 
     def resume_training(self, ckpt):
         """Continue at the epoch after the checkpoint's; results.csv's time column goes on from where it stopped."""
