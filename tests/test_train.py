@@ -246,3 +246,19 @@ def test_albumentations_flag(tmp_path, data):
     o = train.overrides_from(train.parse_opt(["--data", str(data), "--albumentations", "data/hyps/albumentations.yaml",
                                               "--project", str(tmp_path)]))
     assert o["augmentations"] and o["albumentations"] == "data/hyps/albumentations.yaml"
+
+
+def test_weights_official_hornet_checkpoint(tmp_path):
+    """--weights with an official HorNet ImageNet checkpoint goes to models.hornet_weights (into the HorNet rows)."""
+    from models.hornet_weights import to_official_state_dict
+
+    src = Model("cfg/yolov5n-hornet.yaml", nc=6, verbose=False)
+    f = tmp_path / "hornet_official.pth"
+    torch.save({"model": to_official_state_dict(src)}, f)
+    dst = Model("cfg/yolov5n-hornet.yaml", nc=6, verbose=False)
+    assert not torch.equal(dst.model[1].state_dict()["gnconv.proj_in.weight"], src.model[1].state_dict()["gnconv.proj_in.weight"])
+    report = HorNetTrainer.load_weights(dst, f)
+    assert report["loaded"] > 0 and 0 in report["rows"]
+    for i in range(8):  # stem, stages and downsampling rows of the backbone
+        for k, v in src.model[i].state_dict().items():
+            assert torch.equal(v, dst.model[i].state_dict()[k]), (i, k)
