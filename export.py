@@ -5,8 +5,8 @@
 
 The files land next to the weights (`best.onnx`, `best.torchscript`) and carry the metadata ultralytics'
 AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py` take them as they
-are. Global Filter (GF) models export too: their FFT becomes DFT matrix products for the export size (see
-utils/export.py), so their input size is fixed (--dynamic is ignored for them, with a warning).
+are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see utils/export.py),
+constants for the export size, or built in the graph from the input's shape with --dynamic.
 """
 
 from __future__ import annotations
@@ -92,15 +92,11 @@ def run(
     size = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
     checked = check_imgsz(size, stride=stride, min_dim=2)  # multiples of the stride, with a warning when rounded
     gf = has_global_filter(model)
-    if dynamic and gf:  # a dynamic batch alone would make AutoBackend take the file for fully dynamic
-        LOGGER.warning(
-            "--dynamic ignored: this model has Global Filter layers, whose exported DFT matrices are built for one "
-            f"input size; exporting a fixed {batch_size}x3x{checked[0]}x{checked[1]} input"
-        )
-        dynamic = False
+    if dynamic and gf:
+        LOGGER.info("--dynamic: Global Filter layers export with their DFT matrices built in the graph for any input size")
     im = torch.rand(batch_size, model.yaml.get("channels", 3), *checked, device=device)
     LOGGER.info(f"Exporting {weights} ({'Global Filter, ' if gf else ''}input {tuple(im.shape)}) to {', '.join(include)}")
-    em = exportable_model(model, im)
+    em = exportable_model(model, im, dynamic=dynamic and "onnx" in include)
     want = reference_output(model, im)  # the float32 model: a half export is held to it too
     if half:
         em, im = em.half(), im.half()
@@ -130,7 +126,7 @@ def parse_opt(argv=None):
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
     parser.add_argument("--device", default="cpu", help="cpu, or a cuda device such as 0")
     parser.add_argument("--half", action="store_true", help="FP16 export (GPU only)")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width (not for GF models)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
     opt = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """export.py: ONNX and TorchScript files match PyTorch (HorNet and HorNet-GF models, square and non-square
-sizes, dynamic axes), carry the metadata ultralytics' AutoBackend reads, and run in detect.py.
+sizes, dynamic axes), carry the metadata ultralytics' AutoBackend reads, run in detect.py, and give val.py
+the same mAP as the .pt.
 
 Models are tiny and untrained (yolov5n-hornet / yolov5n-hornet-gf, nc=3, 64-96 px inputs). Outputs are
 compared on fresh random inputs, not only on the one export.py checks itself with.
@@ -19,7 +20,7 @@ import torch
 import export
 from models.hornet import GlobalLocalFilter
 from models.yolo import Model, save_checkpoint
-from utils.export import MatmulGlobalFilter, max_diffs, onnx_output, read_metadata, reference_output, torchscript_output
+from utils.export import DynamicGlobalFilter, MatmulGlobalFilter, max_diffs, onnx_output, read_metadata, reference_output, torchscript_output
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
@@ -68,25 +69,24 @@ def test_onnx_and_torchscript_match_pytorch(checkpoints, tmp_path, key, imgsz):
     assert ts_meta["imgsz"] == [h, w] and ts_meta["task"] == "detect"
 
 
-def test_dynamic_onnx_runs_other_sizes_and_batches(checkpoints, tmp_path):
-    path, model = checkpoints["hornet"]
-    weights = copy_to(tmp_path, path)
-    export.run(weights=weights, include=["onnx"], imgsz=[64], dynamic=True)
-    im = torch.rand(2, 3, 96, 64)
-    got, want = onnx_output(weights.with_suffix(".onnx"), im), reference_output(model, im)
-    assert got.shape == want.shape and np.abs(got - want).max() < TOL
-
-
-def test_gf_dynamic_falls_back_to_fixed_size(checkpoints, tmp_path):
+@pytest.mark.parametrize("key", ["hornet", "gf"])
+def test_dynamic_export_runs_other_sizes_and_batches(checkpoints, tmp_path, key):
+    """--dynamic: one file for every input size; GF models included (their DFT is built in the graph)."""
     import onnx
 
-    weights = copy_to(tmp_path, checkpoints["gf"][0])
-    export.run(weights=weights, include=["onnx"], imgsz=[64, 96], dynamic=True)
+    path, model = checkpoints[key]
+    weights = copy_to(tmp_path, path)
+    export.run(weights=weights, include=["onnx", "torchscript"], imgsz=[64], dynamic=True)
     dims = onnx.load(str(weights.with_suffix(".onnx"))).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [1, 3, 64, 96]
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    for shape in [(2, 3, 96, 64), (1, 3, 128, 160)]:
+        im = torch.rand(*shape)
+        want = reference_output(model, im)
+        for got in (onnx_output(weights.with_suffix(".onnx"), im), torchscript_output(weights.with_suffix(".torchscript"), im)):
+            assert got.shape == want.shape and np.abs(got - want).max() < TOL, shape
 
 
-@pytest.mark.parametrize("size", [(14, 14), (10, 7), (5, 9), (4, 4)])
+@pytest.mark.parametrize("size", [(14, 14), (10, 7), (5, 9), (4, 4), (1, 1), (2, 3)])
 def test_matmul_global_filter_equals_fft(size):
     torch.manual_seed(0)
     gf = GlobalLocalFilter(16, 7, 4).eval()
@@ -95,6 +95,7 @@ def test_matmul_global_filter_equals_fft(size):
     x = torch.randn(2, 16, *size)
     with torch.no_grad():
         assert (MatmulGlobalFilter(gf, *size)(x) - gf(x)).abs().max() < 1e-4
+        assert (DynamicGlobalFilter(gf)(x) - gf(x)).abs().max() < 1e-4
 
 
 def test_exported_files_run_in_detect(checkpoints, tmp_path):
@@ -131,3 +132,49 @@ def test_bad_weights_and_formats(tmp_path):
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(tmp_path / "none.pt")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "none.pt" in r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "val.py").is_file(), reason="val.py is not in this checkout")
+@pytest.mark.parametrize("cfg", ["cfg/yolov5n-hornet.yaml", "cfg/yolov5n-hornet-gf.yaml"])
+def test_val_map_onnx_equals_pt(tmp_path, cfg):
+    """val.py gives the same mAP (within 0.01) on the .pt and on its ONNX export.
+
+    An untrained model scores near 0 mAP on real labels, which would make the comparison empty, so the
+    val labels here are the .pt model's own detections (detect.py --save-txt): the .pt then scores a high
+    mAP, and the ONNX file must reproduce it.
+    """
+    import shutil
+
+    import yaml
+
+    import detect
+    import val
+    from utils.shapes import make_shapes_dataset
+
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=6, imgsz=96, seed=3)
+    torch.manual_seed(2)
+    model = Model(ROOT / cfg, nc=3, verbose=False)
+    model.names = dict(NAMES)
+    with torch.no_grad():  # objectness ~1, class scores spread over 0.15..0.8 by the image content
+        head = model.model[-1]
+        for conv in head.m:
+            conv.weight.mul_(30.0)
+            b = conv.bias.view(head.na, head.no)
+            b[:, 4], b[:, 5:] = 6.0, 0.0
+    weights = save_checkpoint(tmp_path / "model.pt", model)
+    p = detect.run(weights=weights, source=root / "images" / "val", imgsz=[96], conf_thres=0.6, max_det=30,
+                   save_txt=True, nosave=True, project=tmp_path / "runs", device="cpu")
+    labels = root / "labels" / "val"
+    shutil.rmtree(labels)
+    shutil.copytree(p.save_dir / "labels", labels)
+    assert len(list(labels.glob("*.txt"))) == 6
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": dict(NAMES)}))
+
+    onnx_file = export.run(weights=weights, include=["onnx"], imgsz=[96], dynamic=True)["onnx"]["file"]
+    keys = ("metrics/mAP50(B)", "metrics/mAP50-95(B)")
+    m_pt = val.run(weights=str(weights), data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
+    m_onnx = val.run(weights=str(onnx_file), data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
+    assert m_pt["metrics/mAP50(B)"] > 0.5  # a comparison worth making
+    for k in keys:
+        assert abs(m_onnx[k] - m_pt[k]) <= 0.01, (k, m_pt[k], m_onnx[k])

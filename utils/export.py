@@ -86,16 +86,81 @@ class MatmulGlobalFilter(nn.Module):
         return self.post_norm(x)
 
 
+class DynamicGlobalFilter(nn.Module):
+    """The Global Filter of a GlobalLocalFilter for any input size, with the DFT and the filter resize as matrix products.
+
+    In: (B, C, H, W), any H and W. Out: (B, C, H, W), equal (to float32 rounding) to the GlobalLocalFilter
+    it was built from. The DFT matrices and the bilinear (align_corners=True) resize of the complex filter
+    are built in the graph from the input's shape with arange/cos/sin, so a traced export (ONNX with
+    dynamic axes, TorchScript) keeps working at every size. Slower than MatmulGlobalFilter, which has them
+    as constants for one size.
+    """
+
+    def __init__(self, gf: GlobalLocalFilter):
+        super().__init__()
+        self.dw, self.pre_norm, self.post_norm = gf.dw, gf.pre_norm, gf.post_norm
+        self.register_buffer("weight", gf.complex_weight.detach().float().permute(3, 0, 1, 2).contiguous(), persistent=False)
+
+    @staticmethod
+    def resize_matrix(n_out: torch.Tensor, n_in: int) -> torch.Tensor:
+        """(n_out, n_in) bilinear weights with align_corners=True: output i samples input i * (n_in-1)/(n_out-1)."""
+        i = torch.arange(n_out, dtype=torch.float32) if not isinstance(n_out, torch.Tensor) else n_out
+        last = (i[-1:]).clamp(min=1.0)  # n_out - 1, at least 1 (a single output row samples input 0)
+        pos = i[:, None] * ((n_in - 1) / last)
+        j = torch.arange(n_in, dtype=torch.float32)[None, :]
+        return (1 - (pos - j).abs()).clamp(min=0.0)
+
+    @staticmethod
+    def dft(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor):
+        """(cos, sin) of 2 pi a b / n for integer index vectors a, b; the product is reduced mod n first (exact angles)."""
+        k = torch.remainder(a[:, None] * b[None, :], n).to(torch.float32)
+        angle = k * (2 * math.pi) / n.to(torch.float32)
+        return torch.cos(angle), torch.sin(angle)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(x)
+        local, glob = x.chunk(2, dim=1)
+        local = self.dw(local)
+        B, C, H, W = glob.shape
+        hh = torch.arange(H, device=x.device)  # index vectors: their lengths carry the (dynamic) sizes
+        ww = torch.arange(W, device=x.device)
+        kk = ww[: W // 2 + 1]  # rfft bins 0..W//2
+        n_h, n_w = hh[-1:] + 1, ww[-1:] + 1
+        # the complex filter resized to (H, W//2 + 1), as GlobalLocalFilter.spectral_filter does
+        rh = self.resize_matrix(hh.to(torch.float32), self.weight.shape[2])  # (H, h)
+        rw = self.resize_matrix(kk.to(torch.float32), self.weight.shape[3])  # (Wr, w)
+        filt = torch.matmul(torch.matmul(rh, self.weight), rw.T)  # (2, C, H, Wr)
+        gr, gi = filt[0], filt[1]
+        ch, sh = self.dft(hh, hh, n_h)
+        cw, sw = self.dft(ww, kk, n_w)  # (W, Wr)
+        norm_h, norm_w = torch.rsqrt(n_h.to(torch.float32)), torch.rsqrt(n_w.to(torch.float32))
+        ch, sh, cw, sw = ch * norm_h, sh * norm_h, cw * norm_w, sw * norm_w
+        twice = torch.where((kk == 0) | (2 * kk == n_w), 1.0, 2.0).to(torch.float32)  # irfft: conjugate pairs count twice
+        g = glob.to(torch.float32)
+        xr, xi = torch.matmul(g, cw), -torch.matmul(g, sw)  # rfft along W
+        yr = torch.matmul(ch, xr) + torch.matmul(sh, xi)  # fft along H
+        yi = torch.matmul(ch, xi) - torch.matmul(sh, xr)
+        zr = yr * gr - yi * gi  # times the complex filter
+        zi = yr * gi + yi * gr
+        ur = torch.matmul(ch, zr) - torch.matmul(sh, zi)  # inverse fft along H
+        ui = torch.matmul(ch, zi) + torch.matmul(sh, zr)
+        glob = torch.matmul(ur, (cw * twice).T) - torch.matmul(ui, (sw * twice).T)  # inverse rfft along W
+        x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
+        return self.post_norm(x)
+
+
 def has_global_filter(model: nn.Module) -> bool:
     """True when the model holds a Global Filter (its export size is then fixed)."""
     return any(isinstance(m, GlobalLocalFilter) for m in model.modules())
 
 
-def exportable_model(model: nn.Module, im: torch.Tensor) -> nn.Module:
+def exportable_model(model: nn.Module, im: torch.Tensor, dynamic: bool = False) -> nn.Module:
     """A copy of `model` ready to trace on inputs shaped like `im`: eval, fused, head in export mode, GF as matmuls.
 
-    In: a detection Model and an example input (B, 3, H, W). Out: a new module whose forward returns only
-    the predictions (B, 4 + nc, N); the original model is not touched.
+    In: a detection Model, an example input (B, 3, H, W), and whether the export takes any input size.
+    Out: a new module whose forward returns only the predictions (B, 4 + nc, N); the original model is
+    not touched. Global Filters become MatmulGlobalFilter (fixed to the sizes `im` gives them) or, when
+    `dynamic`, DynamicGlobalFilter (any size).
     """
     model = deepcopy(model).float().eval()
     if hasattr(model, "fuse"):
@@ -108,13 +173,16 @@ def exportable_model(model: nn.Module, im: torch.Tensor) -> nn.Module:
             m.format = "onnx"
     sizes = {}
     gfs = [m for m in model.modules() if isinstance(m, GlobalLocalFilter)]
-    if gfs:  # learn each Global Filter's input size at this export size
+    if gfs and dynamic:
+        replace = {m: DynamicGlobalFilter(m) for m in gfs}
+    elif gfs:  # learn each Global Filter's input size at this export size
         hooks = [m.register_forward_pre_hook(lambda m, x: sizes.__setitem__(m, tuple(x[0].shape[-2:]))) for m in gfs]
         with torch.no_grad():
             model(im)
         for h in hooks:
             h.remove()
         replace = {m: MatmulGlobalFilter(m, *sizes[m]) for m in gfs}
+    if gfs:
         for parent in list(model.modules()):
             for name, child in parent.named_children():
                 if child in replace:
@@ -153,8 +221,8 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file, metadata: dict, opset:
                 dynamic: bool = False, simplify: bool = False) -> Path:
     """Write `model` (an exportable_model) as ONNX with the metadata in `metadata_props`.
 
-    `dynamic`: batch, height and width dynamic (not for Global Filter models, whose DFT matrices have a
-    fixed size). `simplify` runs onnxslim, or onnxsim if that is what is installed.
+    `dynamic`: batch, height and width dynamic (a Global Filter model must then come from
+    exportable_model(..., dynamic=True)). `simplify` runs onnxslim, or onnxsim if that is what is installed.
     """
     import onnx
     from ultralytics.utils.export.engine import best_onnx_opset, torch2onnx
@@ -240,6 +308,7 @@ def read_metadata(file) -> dict:
 
 
 __all__ = (
+    "DynamicGlobalFilter",
     "MatmulGlobalFilter",
     "exportable_model",
     "export_metadata",
