@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 from ultralytics.nn.modules import C3
 
 from models.registry import register, row_width, row_width_repeats_inside
@@ -37,6 +38,20 @@ class LayerNorm2d(nn.LayerNorm):
         )
 
 
+def scaled_call(module: nn.Module, x: torch.Tensor, scale) -> torch.Tensor:
+    """`module(x)` with its output channels multiplied by `scale` (a number or one value per channel).
+
+    The scale goes onto the module's weight and bias (hundreds of numbers) instead of the output (millions):
+    the same result up to rounding, one full-tensor multiply and its backward fewer, gradients still reach
+    the scale. functional_call runs the module itself, so its hooks (thop's FLOP count, feature taps) fire.
+    """
+    if isinstance(scale, torch.Tensor):
+        w_scale = scale.view(-1, *(1,) * (module.weight.ndim - 1))
+    else:
+        w_scale = scale
+    return functional_call(module, {"weight": module.weight * w_scale, "bias": module.bias * scale}, (x,))
+
+
 class GlobalLocalFilter(nn.Module):
     """The Global Filter (GF): (B, C, H, W) -> (B, C, H, W), any H and W.
 
@@ -45,6 +60,11 @@ class GlobalLocalFilter(nn.Module):
     so h x w = 14 x 8 fits a 14 x 14 input); for other input sizes the filter is bilinearly resized.
     The two halves are interleaved channel by channel (local, global, local, ...), then LayerNorm again.
     The FFT runs in float32 even under autocast: half-precision FFTs only take power-of-two sizes.
+
+    Speed (see benchmarks/bench_layers.py): the two halves are interleaved by one copy straight into a
+    channels-last (B, H, W, C) buffer, which is what the fused layer_norm kernel of `post_norm` reads, so
+    no permute copy follows; gnConv's scale `s` rides on post_norm's affine (`forward(x, scale)`) instead
+    of a separate full-tensor multiply; in inference the resized complex filter is cached per input size.
     """
 
     def __init__(self, dim: int, h: int = 14, w: int = 8):
@@ -56,26 +76,49 @@ class GlobalLocalFilter(nn.Module):
         nn.init.trunc_normal_(self.complex_weight, std=0.02)
         self.pre_norm = LayerNorm2d(dim)
         self.post_norm = LayerNorm2d(dim)
+        self._filter_cache: dict = {}  # (height, width) -> resized complex filter, inference only
+
+    def train(self, mode: bool = True):
+        self._filter_cache = {}  # weights are about to change (or were loaded): never serve a stale filter
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._filter_cache = {}  # .to(device/dtype), .half(), ...: the cached copy would be on the old device
+        return super()._apply(fn, *args, **kwargs)
 
     def spectral_filter(self, height: int, width: int) -> torch.Tensor:
         """The complex filter resized to an rfft2 of a height x width input: (C/2, height, width//2 + 1)."""
-        weight = self.complex_weight.float()
+        weight = self.complex_weight
         size = (height, width // 2 + 1)
-        if weight.shape[1:3] != size:
-            weight = F.interpolate(weight.permute(3, 0, 1, 2), size=size, mode="bilinear", align_corners=True)
-            weight = weight.permute(1, 2, 3, 0)
-        return torch.view_as_complex(weight.contiguous())
+        if weight.shape[1:3] == size:
+            return torch.view_as_complex(weight.float().contiguous())  # a view: nothing to cache
+        # Inference on a fixed image size resizes the same filter every call: cache it, keyed by the size and
+        # the parameter's version counter (bumped by any in-place update: optimizer step, load_state_dict).
+        cacheable = not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
+        key = (height, width, weight._version, weight.data_ptr())
+        if cacheable and key in self._filter_cache:
+            return self._filter_cache[key]
+        w = F.interpolate(weight.float().permute(3, 0, 1, 2), size=size, mode="bilinear", align_corners=True)
+        w = torch.view_as_complex(w.permute(1, 2, 3, 0).contiguous())
+        if cacheable:
+            if len(self._filter_cache) >= 8:  # a few image sizes at most (rect inference): drop the oldest
+                self._filter_cache.pop(next(iter(self._filter_cache)))
+            self._filter_cache[key] = w
+        return w
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pre_norm(x)
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The filtered (B, C, H, W) tensor times `scale` (gnConv's s, folded into post_norm's affine)."""
+        x = self.pre_norm(x)  # channels-last memory: the slices below are cheap views
         local, glob = x.chunk(2, dim=1)
         local = self.dw(local)
         B, C, H, W = glob.shape
         with torch.autocast(device_type=x.device.type, enabled=False):
             spectrum = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
             glob = torch.fft.irfft2(spectrum * self.spectral_filter(H, W), s=(H, W), dim=(2, 3), norm="ortho")
-        x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
-        return self.post_norm(x)
+        # interleave (local_0, global_0, local_1, ...) with one copy into (B, H, W, 2C): channel 2c + j
+        y = torch.stack((local.permute(0, 2, 3, 1), glob.to(local.dtype).permute(0, 2, 3, 1)), dim=4)
+        y = y.reshape(B, H, W, 2 * C).permute(0, 3, 1, 2)  # channels-first view: post_norm's permute is free
+        return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -91,6 +134,12 @@ class gnConv(nn.Module):
     proj_in (1x1, c1 -> 2*c2) splits into p0 (C_0 channels) and q (C_0 + ... + C_{n-1} channels) with
     C_k = c2 / 2^(n-1-k); one depth-wise filter (k x k conv, or 'gf' for the Global Filter) runs over q,
     scaled by s and split into q_0..q_{n-1}; then p = p0 * q_0 and p = pws[k-1](p) * q_k; proj_out last.
+
+    Speed (see benchmarks/bench_layers.py): everything runs in channels-last memory, where CPU depth-wise
+    convolutions are several times faster than in NCHW (above all their weight gradient); s is folded
+    into the filter's weight and bias (or GF's post_norm affine) instead of multiplying the output;
+    `forward(x, gamma)` folds a HorBlock's layer scale into proj_out the same way. `fuse()` makes the
+    folding of s permanent for inference.
     """
 
     def __init__(self, c1: int, c2: int, order: int = 3, filter=7, s: float = 1 / 3, h: int = 14, w: int = 8):
@@ -114,13 +163,33 @@ class gnConv(nn.Module):
         self.pws = nn.ModuleList(nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1))
         self.proj_out = nn.Conv2d(c2, c2, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
         p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
-        q = (self.dwconv(q) * self.scale).split(self.dims, dim=1)
-        p = p * q[0]
+        q = self._filter(q).split(self.dims, dim=1)
+        inplace = not torch.is_grad_enabled()  # in training the multiplies' inputs are kept for backward
+        p = p.mul_(q[0]) if inplace else p * q[0]
         for pw, qk in zip(self.pws, q[1:]):
-            p = pw(p) * qk
-        return self.proj_out(p)
+            p = pw(p).mul_(qk) if inplace else pw(p) * qk
+        return self.proj_out(p) if gamma is None else scaled_call(self.proj_out, p, gamma)
+
+    def _filter(self, q: torch.Tensor) -> torch.Tensor:
+        """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
+        f, s = self.dwconv, self.scale
+        if isinstance(f, GlobalLocalFilter):
+            return f(q, s)
+        return f(q) if s == 1.0 else scaled_call(f, q, s)
+
+    @torch.no_grad()
+    def fuse(self) -> "gnConv":
+        """Fold s into the filter's weights for inference (then `scale` is 1); outputs unchanged."""
+        if self.scale != 1.0:
+            f = self.dwconv.post_norm if isinstance(self.dwconv, GlobalLocalFilter) else self.dwconv
+            f.weight.mul_(self.scale)
+            f.bias.mul_(self.scale)
+            self.scale = 1.0
+        return self
 
 
 class DropPath(nn.Module):
@@ -143,6 +212,11 @@ class HorBlock(nn.Module):
 
     x + gamma1 * gnConv(LN(x)), then x + gamma2 * MLP(LN(x)) with a 4x GELU MLP; layer-scale gammas
     start at 1e-6. When c1 != c2 a 1x1 conv (`proj`) first maps the input to c2 channels.
+
+    Speed (see benchmarks/bench_layers.py): the block keeps its tensors in channels-last memory, so the
+    MLP's channels-last view is free (no permute copies) and both LayerNorms are the fused kernel; the
+    gammas are folded into proj_out and pwconv2 (weights, not activations), in training too. `fuse()`
+    makes that folding permanent for inference.
     """
 
     def __init__(
@@ -168,13 +242,29 @@ class HorBlock(nn.Module):
         self.gamma1 = nn.Parameter(torch.full((c2,), float(layer_scale)))
         self.gamma2 = nn.Parameter(torch.full((c2,), float(layer_scale)))
         self.drop_path = DropPath(drop_path)
+        self.fused = False  # True once fuse() has moved the gammas into proj_out and pwconv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        x = x + self.drop_path(self.gamma1[:, None, None] * self.gnconv(self.norm1(x)))
-        y = x.permute(0, 2, 3, 1)  # the MLP runs channels-last, as nn.Linear wants
-        y = self.gamma2 * self.pwconv2(self.act(self.pwconv1(self.norm2(y))))
+        x = self.proj(x).contiguous(memory_format=torch.channels_last)
+        x = x + self.drop_path(self.gnconv(self.norm1(x), None if self.fused else self.gamma1))
+        y = self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1))))  # a free view: x is channels-last
+        y = self.pwconv2(y) if self.fused else scaled_call(self.pwconv2, y, self.gamma2)
         return x + self.drop_path(y.permute(0, 3, 1, 2))
+
+    @torch.no_grad()
+    def fuse(self) -> "HorBlock":
+        """Fold s and the layer-scale gammas into neighbouring weights for inference; outputs unchanged."""
+        self.gnconv.fuse()
+        if not self.fused:
+            out, mlp = self.gnconv.proj_out, self.pwconv2
+            out.weight.mul_(self.gamma1[:, None, None, None])
+            out.bias.mul_(self.gamma1)
+            mlp.weight.mul_(self.gamma2[:, None])
+            mlp.bias.mul_(self.gamma2)
+            self.gamma1.fill_(1.0)
+            self.gamma2.fill_(1.0)
+            self.fused = True
+        return self
 
 
 @register("C3HB", row=row_width_repeats_inside)

@@ -242,6 +242,17 @@ class Model(DetectionModel):
             return AnchorLoss(self)
         return super().init_criterion()
 
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        """Conv+BN fusion (ultralytics), then the HorNet layers fold s and their layer scales into weights.
+
+        The HorNet step runs even when the engine finds nothing left to fuse (few BatchNorms), and is idempotent.
+        """
+        super().fuse(verbose=verbose, imgsz=imgsz)
+        for m in self.model.modules():
+            if isinstance(m, (hornet.HorBlock, hornet.gnConv)):
+                m.fuse()
+        return self
+
 
 def save_checkpoint(path, model: Model, **extra) -> Path:
     """Write `{'model_yaml', 'model' (float32 state_dict), 'names', **extra}` atomically: temp file, then rename.

@@ -1,0 +1,112 @@
+"""The fast HorNet layers after the speed work (issue 6): still exact to the official fixtures, before and
+after `fuse()`, in train and eval mode, whole models unchanged by `Model.fuse()`, GF differentiable
+under autocast."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.hornet import GlobalLocalFilter, HorBlock, gnConv
+from models.yolo import Model, parse_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "hornet_reference.pt"
+TOL = 1e-4
+
+pytestmark = pytest.mark.skipif(not FIXTURES.is_file(), reason=f"no reference fixtures at {FIXTURES}")
+
+
+def _cases():
+    if not FIXTURES.is_file():
+        return []
+    return torch.load(FIXTURES, weights_only=True)["cases"]
+
+
+CASES = _cases()
+
+
+def build(case) -> torch.nn.Module:
+    """The case's layer built from a YAML row, as a user's model would build it, with the official weights."""
+    module = "gnConv" if case["kind"] == "gnconv" else "HorBlock"
+    filt = "gf" if case["filter"] == "gf" else 7
+    args = [case["dim"], case["order"], filt, "1/3", case.get("h", 14), case.get("w", 8)]
+    seq, _ = parse_model({"nc": 1, "backbone": [[-1, 1, module, args]], "head": []}, ch=[case["dim"]], verbose=False)
+    layer = seq[0]
+    layer.load_state_dict(case["state_dict"])  # official names and shapes, strict
+    return layer
+
+
+def max_err(layer, case) -> float:
+    err = 0.0
+    for x, y in zip(case["inputs"], case["outputs"]):
+        err = max(err, (layer(x) - y).abs().max().item())
+    return err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_fixture_case_eval_train_and_fused(case):
+    layer = build(case)
+    with torch.no_grad():
+        assert max_err(layer.eval(), case) < TOL, "eval mode"
+    assert max_err(layer.train(), case) < TOL, "train mode (with autograd recording)"
+    fused = copy.deepcopy(layer).eval().fuse()
+    assert fused.gnconv.scale == 1.0 if isinstance(fused, HorBlock) else fused.scale == 1.0
+    with torch.no_grad():
+        assert max_err(fused, case) < TOL, "after fuse()"
+        assert max_err(fused, case) < TOL, "after fuse(), second call (GF filter cache)"
+
+
+def _randomize_gammas(model: torch.nn.Module) -> None:
+    """Layer scales of 1e-6 would hide any mistake in folding them: make them order 1."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, HorBlock):
+                m.gamma1.uniform_(0.2, 1.0)
+                m.gamma2.uniform_(0.2, 1.0)
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n-hornet.yaml", "yolov5n-hornet-gf.yaml", "yolov5n-gnconv.yaml"])
+def test_model_fuse_keeps_outputs(cfg):
+    torch.manual_seed(0)
+    model = Model(ROOT / "cfg" / cfg, verbose=False)
+    _randomize_gammas(model)
+    model.eval()
+    x = torch.rand(1, 3, 160, 192)
+    with torch.no_grad():
+        before = model(x)[0]
+        model.fuse(verbose=False)
+        after = model(x)[0]
+    assert all(m.fused for m in model.modules() if isinstance(m, HorBlock))
+    assert all(m.scale == 1.0 for m in model.modules() if isinstance(m, gnConv))
+    scale = before.abs().max().clamp(min=1.0)  # box coordinates are in pixels: compare relative to their size
+    assert ((before - after).abs().max() / scale).item() < TOL
+
+
+def test_gf_block_backward_under_bf16_autocast():
+    torch.manual_seed(0)
+    block = HorBlock(64, 64, order=4, filter="gf", h=14, w=8)
+    _randomize_gammas(block)
+    x = torch.randn(2, 64, 20, 24, requires_grad=True)  # not the filter's size: the interpolation path too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    y.float().square().mean().backward()
+    gf = block.gnconv.dwconv
+    assert isinstance(gf, GlobalLocalFilter)
+    for name, t in [("input", x), ("complex_weight", gf.complex_weight), ("dw", gf.dw.weight), ("gamma1", block.gamma1)]:
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, name
+
+
+def test_gf_filter_cache_follows_weight_updates():
+    gf = GlobalLocalFilter(32, 14, 8).eval()
+    x = torch.randn(1, 32, 20, 24)
+    with torch.no_grad():
+        a = gf(x)
+        gf.complex_weight.mul_(2.0)  # an in-place update (optimizer step, load_state_dict) must not reuse the cache
+        b = gf(x)
+        assert not torch.allclose(a, b)
+        gf.complex_weight.div_(2.0)
+        assert torch.allclose(gf(x), a, atol=1e-6)
