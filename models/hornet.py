@@ -179,7 +179,11 @@ class gnConv(nn.Module):
         f, s = self.dwconv, self.scale
         if isinstance(f, GlobalLocalFilter):
             return f(q, s)
-        return f(q) if s == 1.0 else scaled_call(f, q, s)
+        if s == 1.0:
+            return f(q)
+        if isinstance(f, nn.Conv2d):
+            return scaled_call(f, q, s)
+        return f(q) * s  # another module put in the filter's place (utils/export.py's matmul Global Filter)
 
     @torch.no_grad()
     def fuse(self) -> "gnConv":
