@@ -44,16 +44,21 @@ def newest_weights(root=ROOT / "runs" / "train") -> Path:
 def default_source(data=None):
     """The val images of the dataset YAML `data` (built by its download step if needed), else ultralytics' sample images."""
     data = Path(data) if data else ROOT / "data" / "shapes.yaml"
-    if data.is_file():
+    if data.is_file() or (ROOT / data).is_file():
         try:
-            from ultralytics.data.utils import check_det_dataset
+            try:  # the project's reader: clearer errors, runs the YAML's download step
+                from utils.data import load_data_config
+            except ImportError:
+                from ultralytics.data.utils import check_det_dataset as load_data_config
 
-            val = check_det_dataset(str(data)).get("val")
+            val = load_data_config(str(data)).get("val")
             val = val[0] if isinstance(val, list) else val
             if val and Path(val).exists():
                 return str(val)
         except Exception as e:  # a dataset that cannot be built must not stop a demo run
             LOGGER.warning(f"could not use the val images of {data} ({e}), using the sample images instead")
+    else:
+        LOGGER.warning(f"no --source given and no dataset YAML at {data}: using the sample images in {ASSETS}")
     return str(ASSETS)
 
 
@@ -98,6 +103,13 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
     source = str(source).strip()
     lower = source.lower()
     if lower == "screen" or (lower.startswith("screen ") and not Path(source).exists()):
+        import importlib.util
+        import platform
+
+        if importlib.util.find_spec("mss") is None:
+            raise SourceError(f"--source {source}: screen capture needs the mss package (pip install mss)")
+        if platform.system() == "Linux" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise SourceError(f"--source {source}: there is no display to capture here (DISPLAY is not set)")
         return source
     if source.isnumeric():
         probe_camera(int(source))
