@@ -162,6 +162,20 @@ def test_webcam_stand_in_writes_video_at_camera_fps(assets, tmp_path, monkeypatc
     assert n == FRAMES and fps == pytest.approx(FPS)
 
 
+def test_txt_list_and_glob_sources(assets, tmp_path, monkeypatch):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{assets['images'] / 'img0.jpg'}\n{assets['images'] / 'img3.jpg'}\n{assets['video']}\n")
+    p = run(assets, tmp_path, source=listing)
+    assert sorted(x.name for x in p.save_dir.iterdir() if x.is_file()) == ["clip.avi", "img0.jpg", "img3.jpg"]
+    p = run(assets, tmp_path, source=str(assets["images"] / "img*.jpg"))
+    assert len(list(p.save_dir.glob("*.jpg"))) == 5
+    fake_camera(monkeypatch, assets["video"])
+    cams = tmp_path / "cams.txt"
+    cams.write_text("0\n")
+    p = run(assets, tmp_path, source=cams, stream_buffer=True)
+    assert count_frames(p.save_dir / "0.avi")[0] == FRAMES
+
+
 def test_camera_that_does_not_open_fails_fast_naming_index(assets, tmp_path, monkeypatch):
     import time
 
