@@ -41,22 +41,23 @@ from utils.predict import newest_weights  # noqa: E402
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
 TOLERANCE = 1e-3  # largest accepted |ONNX - PyTorch| on scores, and on boxes as a fraction of the image size
+TOLERANCE_HALF = 2e-2  # the same for --half files against the float32 model (fp16 keeps about 3 digits)
 
 
 class ExportError(RuntimeError):
     """An export that did not produce a file matching PyTorch; the message says which and by how much."""
 
 
-def compare(got, want, size: int, label: str) -> float:
-    """Report max |exported - PyTorch| and return it; raises ExportError above TOLERANCE.
+def compare(got, want, size: int, label: str, tol: float = TOLERANCE) -> float:
+    """Report max |exported - PyTorch| and return it; raises ExportError above `tol`.
 
     got, want: (B, 4 + nc, N) outputs. Boxes are in pixels (up to the image size `size`) and scores in
-    0..1, so scores are held to TOLERANCE and boxes to TOLERANCE times the image size.
+    0..1, so scores are held to `tol` and boxes to `tol` times the image size.
     """
     diff_boxes, diff_scores = max_diffs(got, want)
     LOGGER.info(f"{label}: max |{label} - PyTorch| = {max(diff_boxes, diff_scores):.3g} (boxes {diff_boxes:.3g} px, scores {diff_scores:.3g})")
-    if diff_scores > TOLERANCE or diff_boxes > TOLERANCE * size:
-        raise ExportError(f"{label} output differs from PyTorch: boxes by {diff_boxes:.3g} px, scores by {diff_scores:.3g} (tolerance {TOLERANCE})")
+    if diff_scores > tol or diff_boxes > tol * size:
+        raise ExportError(f"{label} output differs from PyTorch: boxes by {diff_boxes:.3g} px, scores by {diff_scores:.3g} (tolerance {tol})")
     return max(diff_boxes, diff_scores)
 
 
@@ -96,11 +97,11 @@ def run(
         LOGGER.info("--dynamic: Global Filter layers export with their DFT matrices built in the graph for any input size")
     im = torch.rand(batch_size, model.yaml.get("channels", 3), *checked, device=device)
     LOGGER.info(f"Exporting {weights} ({'Global Filter, ' if gf else ''}input {tuple(im.shape)}) to {', '.join(include)}")
-    em = exportable_model(model, im, dynamic=dynamic and "onnx" in include)
+    em = exportable_model(model, im, dynamic=dynamic)
     want = reference_output(model, im)  # the float32 model: a half export is held to it too
     if half:
         em, im = em.half(), im.half()
-    results = {}
+    results, tol = {}, (TOLERANCE_HALF if half else TOLERANCE)
     for fmt in include:
         file = weights.with_suffix(FORMATS[fmt])
         if file.exists():
@@ -108,10 +109,17 @@ def run(
         metadata = export_metadata(model, checked, batch_size, dynamic, half, fmt, weights)
         if fmt == "onnx":
             export_onnx(em, im, file, metadata, opset=opset, dynamic=dynamic, simplify=simplify)
-            diff = compare(onnx_output(file, im), want, max(checked), "ONNX")
+            try:
+                got = onnx_output(file, im)
+            except Exception as e:  # onnxruntime's CPU provider lacks some fp16 kernels
+                if not half:
+                    raise
+                LOGGER.warning(f"ONNX: could not run the fp16 file on onnxruntime's CPU provider to check it ({e})")
+                got = None
+            diff = float("nan") if got is None else compare(got, want, max(checked), "ONNX", tol)
         else:
             export_torchscript(em, im, file, metadata)
-            diff = compare(torchscript_output(file, im), want, max(checked), "TorchScript")
+            diff = compare(torchscript_output(file, im), want, max(checked), "TorchScript", tol)
         LOGGER.info(f"{fmt}: saved {file} ({file.stat().st_size / 1e6:.1f} MB)")
         results[fmt] = {"file": file, "max_diff": diff}
     LOGGER.info(f"Export complete ({time.time() - t0:.1f}s): {', '.join(str(r['file']) for r in results.values())}")

@@ -74,14 +74,16 @@ class MatmulGlobalFilter(nn.Module):
         B, C, H, W = glob.shape
         if not torch.jit.is_tracing() and (H, W) != self.size:  # while tracing, shapes are the example's
             raise ValueError(f"this exported Global Filter was built for a {self.size} input, got {(H, W)}")
-        xr, xi = torch.matmul(glob.to(self.fw.dtype), self.fw).chunk(2, dim=-1)  # rfft along W
-        yr = torch.matmul(self.ch, xr) + torch.matmul(self.sh, xi)  # fft along H
-        yi = torch.matmul(self.ch, xi) - torch.matmul(self.sh, xr)
-        zr = yr * self.gr - yi * self.gi  # times the complex filter
-        zi = yr * self.gi + yi * self.gr
-        ur = torch.matmul(self.ch, zr) - torch.matmul(self.sh, zi)  # inverse fft along H
-        ui = torch.matmul(self.ch, zi) + torch.matmul(self.sh, zr)
-        glob = torch.matmul(ur, self.bc) - torch.matmul(ui, self.bs)  # inverse rfft along W
+        # float32 throughout, as the FFT form runs it (buffers may have been halved with the model)
+        ch, sh, fw, bc, bs, gr, gi = (t.float() for t in (self.ch, self.sh, self.fw, self.bc, self.bs, self.gr, self.gi))
+        xr, xi = torch.matmul(glob.float(), fw).chunk(2, dim=-1)  # rfft along W
+        yr = torch.matmul(ch, xr) + torch.matmul(sh, xi)  # fft along H
+        yi = torch.matmul(ch, xi) - torch.matmul(sh, xr)
+        zr = yr * gr - yi * gi  # times the complex filter
+        zi = yr * gi + yi * gr
+        ur = torch.matmul(ch, zr) - torch.matmul(sh, zi)  # inverse fft along H
+        ui = torch.matmul(ch, zi) + torch.matmul(sh, zr)
+        glob = torch.matmul(ur, bc) - torch.matmul(ui, bs)  # inverse rfft along W
         x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
         return self.post_norm(x)
 
@@ -129,7 +131,7 @@ class DynamicGlobalFilter(nn.Module):
         # the complex filter resized to (H, W//2 + 1), as GlobalLocalFilter.spectral_filter does
         rh = self.resize_matrix(hh.to(torch.float32), self.weight.shape[2])  # (H, h)
         rw = self.resize_matrix(kk.to(torch.float32), self.weight.shape[3])  # (Wr, w)
-        filt = torch.matmul(torch.matmul(rh, self.weight), rw.T)  # (2, C, H, Wr)
+        filt = torch.matmul(torch.matmul(rh, self.weight.float()), rw.T)  # (2, C, H, Wr), float32 as the FFT form
         gr, gi = filt[0], filt[1]
         ch, sh = self.dft(hh, hh, n_h)
         cw, sw = self.dft(ww, kk, n_w)  # (W, Wr)
