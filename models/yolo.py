@@ -276,7 +276,8 @@ def load_model(path, device="cpu") -> Model:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (torch.load failed: {e})") from None
+        why = "it holds pickled objects that weights_only=True refuses" if "weights_only" in str(e) else "not a torch file"
+        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
     model = Model(ckpt["model_yaml"], ch=ckpt["model_yaml"].get("channels", 3), verbose=False)
