@@ -55,9 +55,12 @@ class PlainLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(c))
         self.bias = nn.Parameter(torch.zeros(c))
         self.eps, self.channels_first, self.c = eps, channels_first, (c,)
+        self.fused_kernel = False  # ablation switch (--ablation): F.layer_norm on a channels-last view instead
 
     def forward(self, x):
-        if not self.channels_first:
+        if not self.channels_first or self.fused_kernel:
+            if self.channels_first:
+                return F.layer_norm(x.permute(0, 2, 3, 1), self.c, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
             return F.layer_norm(x, self.c, self.weight, self.bias, self.eps)
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
@@ -124,8 +127,11 @@ class PlainBlock(nn.Module):
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.gamma1 = nn.Parameter(torch.full((dim,), 1e-6))
         self.gamma2 = nn.Parameter(torch.full((dim,), 1e-6))
+        self.channels_last = False  # ablation switch (--ablation): the block's input in channels-last memory
 
     def forward(self, x):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         B, C, H, W = x.shape
         x = x + self.gamma1.view(C, 1, 1) * self.gnconv(self.norm1(x))
         inp = x
@@ -303,17 +309,118 @@ def timed(fns: dict, reps: int, warmup: int) -> dict:
     return {k: (statistics.median(wall[k]) * 1e3, statistics.median(cpu[k]) * 1e3) for k in fns}
 
 
+# ---------------------------------------------------------------------------------------------------
+# Ablation: each idea on its own
+# ---------------------------------------------------------------------------------------------------
+
+
+def _unfolded_call(module, x, scale):
+    """models.hornet.scaled_call with the folding switched off: the scale multiplies the output."""
+    y = module(x)
+    if isinstance(scale, torch.Tensor):
+        scale = scale if isinstance(module, nn.Linear) else scale.view(-1, 1, 1)
+    return y * scale
+
+
+def ablation(opt):
+    """LayerNorm variants, then HorBlock with the ideas switched on one after another (cumulative)."""
+    import models.hornet as hornet
+
+    print("LayerNorm over the channels of 8x128x40x40 (the block's norm1):\n")
+    print("| variant | inference ms | fwd+bwd ms |\n|---|---:|---:|")
+    x = torch.randn(8, 128, 40, 40)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    w, b = 1 + 0.1 * torch.randn(128), 0.1 * torch.randn(128)
+
+    def manual(t):  # the paper's form
+        u = t.mean(1, keepdim=True)
+        v = (t - u).pow(2).mean(1, keepdim=True)
+        return w[:, None, None] * ((t - u) / torch.sqrt(v + 1e-6)) + b[:, None, None]
+
+    def var_mean(t):  # one statistics pass, rsqrt and a multiply instead of sqrt and a divide
+        v, u = torch.var_mean(t, 1, unbiased=False, keepdim=True)
+        return (t - u) * torch.rsqrt(v + 1e-6) * w[:, None, None] + b[:, None, None]
+
+    def kernel(t):  # the fused layer_norm kernel on a channels-last view
+        return F.layer_norm(t.permute(0, 2, 3, 1), (128,), w, b, 1e-6).permute(0, 3, 1, 2)
+
+    variants = {"manual (paper), NCHW input": (manual, x), "var_mean + rsqrt, NCHW input": (var_mean, x),
+                "fused kernel, NCHW input (one permute copy)": (kernel, x),
+                "fused kernel, channels-last input (free view)": (kernel, xcl)}
+    fwd = {k: (lambda f=f, t=t: f(t)) for k, (f, t) in variants.items()}
+
+    def fb(f, t):
+        t = t.clone(memory_format=torch.preserve_format).requires_grad_()
+        g = torch.randn(8, 128, 40, 40)
+        return lambda: f(t).backward(g)
+
+    with torch.no_grad():
+        t_fwd = timed(fwd, opt.reps, opt.warmup)
+    t_fb = timed({k: fb(f, t) for k, (f, t) in variants.items()}, opt.reps, opt.warmup)
+    for k in variants:
+        print(f"| {k} | {t_fwd[k][0]:.2f} | {t_fb[k][0]:.2f} |", flush=True)
+
+    for gf in (False, True):
+        name = f"HorBlock {'GF' if gf else '7x7'} order 3, 8x128x40x40"
+        plain, ours = pair_block(128, 3, gf)
+        ln = copy.deepcopy(plain)
+        for m in ln.modules():
+            if isinstance(m, PlainLayerNorm):
+                m.fused_kernel = True
+        cl = copy.deepcopy(ln)
+        cl.channels_last = True
+        fused = copy.deepcopy(ours).eval().fuse()
+        for train in (True, False):
+            grads = [torch.randn(8, 128, 40, 40)]
+            steps = {
+                "plain": make_step(plain, x, train, grads),
+                "+ fused LayerNorm kernel": make_step(ln, x, train, grads),
+                "+ channels-last block": make_step(cl, x, train, grads),
+            }
+            base = make_step(ours, x, train, grads)
+
+            def no_fold(base=base):
+                hornet.scaled_call, saved = _unfolded_call, hornet.scaled_call
+                try:
+                    base()
+                finally:
+                    hornet.scaled_call = saved
+
+            steps["ours without folding s/gammas into weights"] = no_fold
+            steps["ours (+ folding, GF one-copy interleave)"] = base
+            if not train:
+                steps["ours, fuse()"] = make_step(fused, x, False, grads)
+                if gf:
+                    f_step = make_step(fused, x, False, grads)
+                    gfs = [m for m in fused.modules() if isinstance(m, GlobalLocalFilter)]
+
+                    def no_cache(f_step=f_step, gfs=gfs):
+                        for m in gfs:
+                            m._filter_cache = {}
+                        f_step()
+
+                    steps["ours, fuse(), no GF filter cache"] = no_cache
+            t = timed(steps, opt.reps, opt.warmup)
+            label = "fwd+bwd" if train else "inference"
+            print(f"\n{name}, {label}:\n\n| variant | ms (wall) | vs plain | ms (CPU) | vs plain |\n|---|---:|---:|---:|---:|")
+            for k, (wall, cpu) in t.items():
+                print(f"| {k} | {wall:.1f} | {t['plain'][0] / wall:.2f}x | {cpu:.1f} | {t['plain'][1] / cpu:.2f}x |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the issue's targets: 2)")
     ap.add_argument("--reps", type=int, default=9, help="interleaved repetitions per case (medians)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="skip the gnConv orders and the backbone training pass")
+    ap.add_argument("--ablation", action="store_true", help="instead: each speed idea on its own")
     opt = ap.parse_args()
     torch.set_num_threads(opt.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {opt.threads} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; medians of {opt.reps} interleaved runs\n")
+    if opt.ablation:
+        return ablation(opt)
 
     x40 = torch.randn(8, 128, 40, 40)
     cases = []  # (name, (plain, ours), input, train)
