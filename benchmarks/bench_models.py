@@ -136,12 +136,13 @@ def main():
 
     base = results.get("yolov5s")
     print("\n| model | params (M) | GFLOPs @640 | CPU ms/img @320 | CPU ms/img @640 | train img/s @320 |"
-          + (" params / s | GFLOPs / s | ms@640 / s | train / s |" if base else ""))
-    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if base else ""))
+          + (" params / s | GFLOPs / s | ms@320 / s | ms@640 / s | train / s |" if base else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if base else ""))
     for name, (params, gflops, ms320, ms640, ips) in results.items():
         line = f"| {name} | {params / 1e6:.2f} | {gflops:.1f} | {ms320:.0f} | {ms640:.0f} | {ips:.2f} |"
         if base:
-            line += f" {params / base[0]:.2f} | {gflops / base[1]:.2f} | {ms640 / base[3]:.2f} | {ips / base[4]:.2f} |"
+            line += (f" {params / base[0]:.2f} | {gflops / base[1]:.2f} | {ms320 / base[2]:.2f} | {ms640 / base[3]:.2f} |"
+                     f" {ips / base[4]:.2f} |")
         print(line)
 
 

@@ -26,7 +26,10 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a (B, C, H, W) tensor: the paper's 'channels_first' LayerNorm.
 
     Runs the fused layer_norm kernel on a channels-last view instead of computing mean and variance by
-    hand; `weight` and `bias` have shape (C,) as in the official checkpoints.
+    hand; `weight` and `bias` have shape (C,) as in the official checkpoints. Its output is channels-last
+    memory, which the layers after it keep. Measured on 8x128x40x40, 2 threads (bench_layers --ablation):
+    forward / forward+backward 15.7 / 40.7 ms by hand (var_mean + rsqrt: 19.3 / 37.2), 8.7 / 14.1 ms with
+    the kernel from an NCHW input (one permute copy), 3.5 / 6.7 ms from a channels-last input (free view).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -166,6 +169,8 @@ class gnConv(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
+        # One proj_in then a split: two convs (p and q each contiguous, no copy before the filter) and the
+        # 1x1 convs as nn.Linear on an NHWC view both measured no faster, so the simple form stays.
         p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
         q = self._filter(q).split(self.dims, dim=1)
         inplace = not torch.is_grad_enabled()  # in training the multiplies' inputs are kept for backward
