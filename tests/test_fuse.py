@@ -110,3 +110,21 @@ def test_gf_filter_cache_follows_weight_updates():
         assert not torch.allclose(a, b)
         gf.complex_weight.div_(2.0)
         assert torch.allclose(gf(x), a, atol=1e-6)
+
+
+def test_inference_fast_paths_match_the_module_path():
+    """No-grad CPU inference takes oneDNN's fused linear+GELU and in-place gating; a hook on pwconv1 (as thop
+    adds) forces the plain module path: both give the same block output."""
+    torch.manual_seed(0)
+    block = HorBlock(64, 64, order=3).eval()
+    _randomize_gammas(block)
+    x = torch.randn(2, 64, 20, 24)
+    with torch.no_grad():
+        fast = block(x)
+        handle = block.pwconv1.register_forward_hook(lambda m, i, o: None)
+        plain = block(x)
+        handle.remove()
+    with torch.enable_grad():
+        graded = block(x)
+    assert (fast - plain).abs().max().item() < 1e-5
+    assert (fast - graded).abs().max().item() < 1e-5
