@@ -2,6 +2,8 @@
 
     python benchmarks/bench_layers.py                 # 2 threads, the full table (a few minutes)
     python benchmarks/bench_layers.py --reps 5 --quick
+    python benchmarks/bench_layers.py --ablation          # each speed idea on its own
+    python benchmarks/bench_layers.py --passive           # on a machine shared with other jobs (see below)
 
 Times forward (inference: eval, no_grad) and forward+backward (train mode) of gnConv (orders 2-5),
 HorBlock (7x7 and Global Filter) and the HorNet-T 7x7 backbone (rows 0-7 of cfg/hornet/yolov5-hornet-t.yaml),
@@ -30,10 +32,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-# OpenMP threads that spin while they wait are descheduled mid-barrier when another process holds a core: on a
-# shared 2-core machine yolov5n inference at 320 measured 2200 ms that way against 29 ms with passive waiting.
-# Set before torch loads; export OMP_WAIT_POLICY=ACTIVE to measure the default instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# --passive: OpenMP threads sleep instead of spinning while they wait. On a machine shared with other jobs,
+# spinning threads are descheduled mid-barrier: yolov5n inference at 320 measured 2200 ms that way against 29 ms
+# with passive waiting. On a quiet machine the default is the fair setting: passive waiting costs a wake-up per
+# parallel region, which hurts code with many small ops (the plain form) more than ours. Set before torch loads.
+if "--passive" in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -414,6 +418,7 @@ def ablation(opt):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the issue's targets: 2)")
+    ap.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE: for a machine shared with other jobs")
     ap.add_argument("--reps", type=int, default=9, help="interleaved repetitions per case (medians)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="skip the gnConv orders and the backbone training pass")
@@ -422,7 +427,7 @@ def main():
     torch.set_num_threads(opt.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {opt.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; medians of {opt.reps} interleaved runs\n")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; medians of {opt.reps} interleaved runs\n")
     if opt.ablation:
         return ablation(opt)
 

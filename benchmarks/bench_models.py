@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py                      # every cfg/*.yaml, 2 threads
     python benchmarks/bench_models.py --hornet             # also the full-size cfg/hornet/*.yaml
     python benchmarks/bench_models.py --models yolov5s yolov5s-hornet --runs 5
+    python benchmarks/bench_models.py --passive            # on a machine shared with other jobs
 
 For each model: parameters, GFLOPs at 640x640 (thop, as the ultralytics engine counts them), CPU inference
 ms/image at 320 and 640 (batch 1, the model fused as detect.py runs it, median of `--runs` runs after a
@@ -24,10 +25,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-# OpenMP threads that spin while they wait are descheduled mid-barrier when another process holds a core: on a
-# shared 2-core machine yolov5n inference at 320 measured 2200 ms that way against 29 ms with passive waiting.
-# Set before torch loads; export OMP_WAIT_POLICY=ACTIVE to measure the default instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# --passive: OpenMP threads sleep instead of spinning while they wait. On a machine shared with other jobs,
+# spinning threads are descheduled mid-barrier: yolov5n inference at 320 measured 2200 ms that way against 29 ms
+# with passive waiting. On a quiet machine the default is the fair setting: passive waiting costs a wake-up per
+# parallel region, which hurts code with many small ops (the plain form) more than ours. Set before torch loads.
+if "--passive" in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -103,6 +106,7 @@ def main():
     ap.add_argument("--models", nargs="*", help="YAML stems (default: every cfg/*.yaml)")
     ap.add_argument("--hornet", action="store_true", help="also the full-size backbones in cfg/hornet/")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE: for a machine shared with other jobs")
     ap.add_argument("--runs", type=int, default=3, help="timed inference runs per size (median)")
     ap.add_argument("--iters", type=int, default=3, help="timed training iterations (median)")
     ap.add_argument("--batch", type=int, default=8, help="training batch size")
@@ -116,7 +120,7 @@ def main():
     cfgs.sort(key=lambda c: (c.parent.name == "hornet", c.stem.split("-")[0][-1] not in "ns", order.get(c.stem, 9), c.stem))
     batch = shapes_batch(opt.batch, 320)
     print(f"torch {torch.__version__}, {opt.threads} threads, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; inference batch 1 (fused, median of {opt.runs}), "
+          f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; inference batch 1 (fused, median of {opt.runs}), "
           f"training batch {opt.batch} at 320 (median of {opt.iters} iterations)\n", flush=True)
 
     results = {}
