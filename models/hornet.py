@@ -44,10 +44,18 @@ class LayerNorm2d(nn.LayerNorm):
 def scaled_call(module: nn.Module, x: torch.Tensor, scale) -> torch.Tensor:
     """`module(x)` with its output channels multiplied by `scale` (a number or one value per channel).
 
-    The scale goes onto the module's weight and bias (hundreds of numbers) instead of the output (millions):
-    the same result up to rounding, one full-tensor multiply and its backward fewer, gradients still reach
-    the scale. functional_call runs the module itself, so its hooks (thop's FLOP count, feature taps) fire.
+    In training the scale goes onto the module's weight and bias (a few thousand numbers) instead of the
+    output (millions at batch 8): the same result up to rounding, one full-tensor multiply and its backward
+    fewer, gradients still reach the scale. functional_call runs the module itself, so its hooks (thop's
+    FLOP count, feature taps) fire. When the output is the smaller tensor (batch-1 inference: a 14x14x256
+    map against pwconv2's 256x1024 weight), scaling the output is less work, so that is done instead.
     """
+    channels_last_dim = isinstance(module, nn.Linear)  # Linear: (..., C); convs and LayerNorm2d: (B, C, H, W)
+    c_in = x.shape[-1] if channels_last_dim else x.shape[1]
+    if module.weight.numel() >= x.numel() // c_in * module.weight.shape[0]:
+        if isinstance(scale, torch.Tensor) and not channels_last_dim:
+            scale = scale.view(-1, 1, 1)
+        return module(x) * scale
     if isinstance(scale, torch.Tensor):
         w_scale = scale.view(-1, *(1,) * (module.weight.ndim - 1))
     else:
