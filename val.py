@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+from utils.data import load_data_config  # noqa: E402
 from utils.trainer import HorNetValidator, increment_run_dir  # noqa: E402
 
 
@@ -55,14 +56,8 @@ def main(opt: argparse.Namespace) -> dict:
     weights = Path(opt.weights)
     if not weights.exists():
         raise FileNotFoundError(f"--weights: not found: {weights}")
-    if not Path(opt.data).is_file():
-        raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
-    try:
-        from utils.data import load_data_config
-    except ImportError:
-        load_data_config = None
-    if load_data_config:
-        load_data_config(opt.data)  # clear errors, and builds the embedded set when it is missing
+    # clear errors naming the YAML, builds the embedded set when missing, finds a relative path from the repo root
+    opt.data = load_data_config(opt.data)["yaml_file"]
 
     if opt.task == "test":
         import yaml

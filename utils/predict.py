@@ -46,10 +46,7 @@ def default_source(data=None):
     data = Path(data) if data else ROOT / "data" / "shapes.yaml"
     if data.is_file() or (ROOT / data).is_file():
         try:
-            try:  # the project's reader: clearer errors, runs the YAML's download step
-                from utils.data import load_data_config
-            except ImportError:
-                from ultralytics.data.utils import check_det_dataset as load_data_config
+            from utils.data import load_data_config  # clearer errors, runs the YAML's download step
 
             val = load_data_config(str(data)).get("val")
             val = val[0] if isinstance(val, list) else val

@@ -38,6 +38,7 @@ import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import set_drop_path
 from models.yolo import Model, load_model, save_checkpoint
+from utils.data import build_yolo_dataset, load_data_config
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
@@ -212,10 +213,6 @@ class HorNetValidator(DetectionValidator):
         super().__init__(dataloader, save_dir, args, _callbacks)
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
-        try:
-            from utils.data import build_yolo_dataset
-        except ImportError:  # utils/data.py not there (yet): the engine's own
-            return super().build_dataset(img_path, mode, batch)
         return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
 
 
@@ -268,23 +265,13 @@ class HorNetTrainer(DetectionTrainer):
     # --- data ------------------------------------------------------------------------------------------
 
     def get_dataset(self):
-        """The data dict; `utils.data.load_data_config` first for clear errors and the embedded set's download."""
-        data = self.args.data
-        if data and str(data).endswith((".yaml", ".yml")) and not Path(data).is_file() and RANK in {-1, 0}:
-            raise FileNotFoundError(f"data YAML not found: {data}")
-        try:
-            from utils.data import load_data_config
-        except ImportError:
-            load_data_config = None
-        if load_data_config and data:
-            load_data_config(data)
+        """The data dict, through `utils.data.load_data_config`: errors that name the YAML, the embedded set built
+        when missing, and a relative `--data` found from the repository root when not from the working directory."""
+        if self.args.data and str(self.args.data).endswith((".yaml", ".yml")):
+            self.args.data = load_data_config(self.args.data)["yaml_file"]
         return super().get_dataset()
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
-        try:
-            from utils.data import build_yolo_dataset
-        except ImportError:
-            return super().build_dataset(img_path, mode, batch)
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
         return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val" or self.args.rect, stride=gs)
 
