@@ -268,8 +268,8 @@ def save_checkpoint(path, model: Model, **extra) -> Path:
     return path
 
 
-def load_model(path, device="cpu") -> Model:
-    """The model of a checkpoint that train.py wrote, rebuilt from its YAML dict (no pickled code runs)."""
+def read_checkpoint(path) -> dict:
+    """A checkpoint dict that train.py wrote, loaded with weights_only=True; a clear error when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
@@ -280,6 +280,12 @@ def load_model(path, device="cpu") -> Model:
         raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
+    return ckpt
+
+
+def load_model(path, device="cpu") -> Model:
+    """The model of a checkpoint that train.py wrote, rebuilt from its YAML dict (no pickled code runs)."""
+    ckpt = read_checkpoint(path)
     model = Model(ckpt["model_yaml"], ch=ckpt["model_yaml"].get("channels", 3), verbose=False)
     model.load_state_dict(ckpt["model"])
     if ckpt.get("names"):

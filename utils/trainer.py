@@ -37,7 +37,7 @@ from torch import distributed as dist
 import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import set_drop_path
-from models.yolo import Model, load_model, save_checkpoint
+from models.yolo import Model, load_model, read_checkpoint, save_checkpoint
 from utils.data import build_yolo_dataset, load_data_config
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
@@ -124,20 +124,6 @@ def plain(x):
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
     return str(x)
-
-
-def read_checkpoint(path) -> dict:
-    """A checkpoint dict loaded with weights_only=True; a clear error when it is not one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a HorNet-YOLOv5 checkpoint (torch.load with weights_only=True failed: {e})") from None
-    if not isinstance(ckpt, dict) or "model_yaml" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a HorNet-YOLOv5 checkpoint (no 'model_yaml' and 'model')")
-    return ckpt
 
 
 def transfer_weights(model: torch.nn.Module, path, exclude=("anchors",)) -> dict:
