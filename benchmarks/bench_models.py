@@ -123,6 +123,13 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; inference batch 1 (fused, median of {opt.runs}), "
           f"training batch {opt.batch} at 320 (median of {opt.iters} iterations)\n", flush=True)
 
+    # Warm the process up (thread pool, allocator, oneDNN kernels) on a throwaway model: the first model timed
+    # in a fresh process otherwise measured a third slower in training than in a second run.
+    warm = Model(cfgs[0], verbose=False)
+    train_images_per_s(warm, batch, 1)
+    inference_ms(copy.deepcopy(warm).eval().fuse(verbose=False), 320, 1)
+    del warm
+
     results = {}
     for cfg in cfgs:
         name = cfg.stem
