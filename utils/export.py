@@ -29,6 +29,17 @@ from ultralytics.nn.modules import Detect
 from ultralytics.utils import LOGGER
 
 
+def filter_along_h(xr, xi, ch, sh, gr, gi):
+    """The middle of the Global Filter as real matrix products: the FFT along H of a spectrum that is already
+    transformed along W (real part xr, imaginary xi), times the complex filter (gr + i gi), and the inverse FFT
+    along H. `ch`, `sh` are the (H, H) cosine and sine DFT matrices, normalised. Returns (real, imaginary)."""
+    yr = torch.matmul(ch, xr) + torch.matmul(sh, xi)
+    yi = torch.matmul(ch, xi) - torch.matmul(sh, xr)
+    zr = yr * gr - yi * gi
+    zi = yr * gi + yi * gr
+    return torch.matmul(ch, zr) - torch.matmul(sh, zi), torch.matmul(ch, zi) + torch.matmul(sh, zr)
+
+
 class MatmulGlobalFilter(nn.Module):
     """The Global Filter of a GlobalLocalFilter for one fixed input size, with the 2-D DFT as matrix products.
 
@@ -77,12 +88,7 @@ class MatmulGlobalFilter(nn.Module):
         # float32 throughout, as the FFT form runs it (buffers may have been halved with the model)
         ch, sh, fw, bc, bs, gr, gi = (t.float() for t in (self.ch, self.sh, self.fw, self.bc, self.bs, self.gr, self.gi))
         xr, xi = torch.matmul(glob.float(), fw).chunk(2, dim=-1)  # rfft along W
-        yr = torch.matmul(ch, xr) + torch.matmul(sh, xi)  # fft along H
-        yi = torch.matmul(ch, xi) - torch.matmul(sh, xr)
-        zr = yr * gr - yi * gi  # times the complex filter
-        zi = yr * gi + yi * gr
-        ur = torch.matmul(ch, zr) - torch.matmul(sh, zi)  # inverse fft along H
-        ui = torch.matmul(ch, zi) + torch.matmul(sh, zr)
+        ur, ui = filter_along_h(xr, xi, ch, sh, gr, gi)
         glob = torch.matmul(ur, bc) - torch.matmul(ui, bs)  # inverse rfft along W
         x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
         return self.post_norm(x)
@@ -140,12 +146,7 @@ class DynamicGlobalFilter(nn.Module):
         twice = torch.where((kk == 0) | (2 * kk == n_w), 1.0, 2.0).to(torch.float32)  # irfft: conjugate pairs count twice
         g = glob.to(torch.float32)
         xr, xi = torch.matmul(g, cw), -torch.matmul(g, sw)  # rfft along W
-        yr = torch.matmul(ch, xr) + torch.matmul(sh, xi)  # fft along H
-        yi = torch.matmul(ch, xi) - torch.matmul(sh, xr)
-        zr = yr * gr - yi * gi  # times the complex filter
-        zi = yr * gi + yi * gr
-        ur = torch.matmul(ch, zr) - torch.matmul(sh, zi)  # inverse fft along H
-        ui = torch.matmul(ch, zi) + torch.matmul(sh, zr)
+        ur, ui = filter_along_h(xr, xi, ch, sh, gr, gi)
         glob = torch.matmul(ur, (cw * twice).T) - torch.matmul(ui, (sw * twice).T)  # inverse rfft along W
         x = torch.stack((local, glob.to(local.dtype)), dim=2).reshape(B, 2 * C, H, W)
         return self.post_norm(x)
