@@ -20,20 +20,9 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-# --passive: OpenMP threads sleep instead of spinning while they wait. On a machine shared with other jobs,
-# spinning threads are descheduled mid-barrier: yolov5n inference at 320 measured 2200 ms that way against 29 ms
-# with passive waiting. On a quiet machine the default is the fair setting: passive waiting costs a wake-up per
-# parallel region, which hurts code with many small ops (the plain form) more than ours. Set before torch loads.
-if "--passive" in sys.argv:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench_env import ROOT  # noqa: E402  (offline, project on sys.path, --passive; before torch)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

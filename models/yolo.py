@@ -255,16 +255,20 @@ class Model(DetectionModel):
 
 
 def save_checkpoint(path, model: Model, **extra) -> Path:
-    """Write `{'model_yaml', 'model' (float32 state_dict), 'names', **extra}` atomically: temp file, then rename.
+    """Write `{'model_yaml', 'model' (float32 state_dict), 'names', **extra}` atomically (see write_checkpoint).
 
     Everything in it is plain tensors, dicts, lists, strings and numbers, so it loads with weights_only=True.
     """
-    path = Path(path)
     state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in model.state_dict().items()}
-    ckpt = {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra}
+    return write_checkpoint(path, {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra})
+
+
+def write_checkpoint(path, ckpt: dict) -> Path:
+    """torch.save into a temp file, then rename: a kill leaves the old file or the new one, never half of one."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one, never half of one
+    os.replace(tmp, path)
     return path
 
 

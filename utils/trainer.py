@@ -37,7 +37,9 @@ from torch import distributed as dist
 import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import set_drop_path
-from models.yolo import Model, load_model, read_checkpoint, save_checkpoint
+from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
+from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint
+from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
@@ -279,8 +281,6 @@ class HorNetTrainer(DetectionTrainer):
     @staticmethod
     def load_weights(model, path) -> dict:
         """Official HorNet ImageNet weights into the HorNet rows, or matching tensors of one of our checkpoints."""
-        from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
-
         if not Path(path).is_file():
             raise FileNotFoundError(f"--weights: file not found: {path}")
         if is_official_hornet_checkpoint(path):
@@ -333,8 +333,6 @@ class HorNetTrainer(DetectionTrainer):
             LOGGER.info(f"{colorstr('AutoAnchor: ')}skipped (--noautoanchor)")
             return
         if RANK in {-1, 0}:
-            from utils.autoanchor import check_anchors
-
             check_anchors(self.train_loader.dataset, unwrap_model(self.model), thr=self.args.anchor_t, imgsz=self.args.imgsz)
         if self.world_size > 1:  # the other ranks take rank 0's anchors
             dist.broadcast(_head(self.model).anchors, src=0)
@@ -429,12 +427,7 @@ class HorNetTrainer(DetectionTrainer):
         if RANK in {-1, 0}:
             for f in (self.last, self.best):
                 if f.is_file():
-                    ckpt = read_checkpoint(f)
-                    ckpt["optimizer"] = None
-                    model = Model(ckpt.pop("model_yaml"), ch=self.data.get("channels", 3), verbose=False)
-                    model.load_state_dict(ckpt.pop("model"))
-                    model.names = ckpt.pop("names")
-                    save_checkpoint(f, model, **ckpt)
+                    write_checkpoint(f, {**read_checkpoint(f), "optimizer": None})
         if self.best.is_file() and RANK in {-1, 0}:
             LOGGER.info(f"\nValidating {self.best}...")
             self.validator.args.plots = self.args.plots
