@@ -94,7 +94,7 @@ def test_generator_layout_classes_and_empty_images(tiny):
 
 
 def test_generator_classes_sizes_on_default_size():
-    """Across a few hundred rendered 320 px images: all classes appear, from ~8 px objects to large ones."""
+    """Across a few hundred rendered 320 px images: all classes appear, from ~16 px objects to large ones."""
     rows = []
     for i in range(60):
         rng = _image_rng(0, "train", i)
@@ -102,7 +102,7 @@ def test_generator_classes_sizes_on_default_size():
     rows = np.concatenate(rows)
     assert set(rows[:, 0].astype(int)) == set(range(len(CLASSES)))
     sides = rows[:, 3:5].max(1) * 320
-    assert sides.min() <= 10 and sides.max() >= 100
+    assert sides.min() <= 20 and sides.max() >= 100
 
 
 def test_generator_is_deterministic(tmp_path):
@@ -122,7 +122,7 @@ def test_boxes_are_tight_on_the_drawn_pixels():
     for i in range(12):
         rng = _image_rng(0, "train", i)
         img, bg, labels = render_shapes_image(rng, IMGSZ, _n_objects(rng, i, IMGSZ))
-        changed = (img != bg).any(2)  # shape pixels (shapes are drawn in a colour far from the background)
+        changed = (img != bg).any(2)  # shape pixels (a flat colour against a noisy background)
         boxes = np.stack([labels[:, 1] - labels[:, 3] / 2, labels[:, 2] - labels[:, 4] / 2,
                           labels[:, 1] + labels[:, 3] / 2, labels[:, 2] + labels[:, 4] / 2], 1)  # fmt: skip
         boxes = np.round(boxes * IMGSZ).astype(int)
@@ -199,6 +199,22 @@ def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch
         assert Path(data["train"]) == expected / "train" and Path(data["val"]) == expected / "val"
         assert len(list(Path(data["val"]).glob("*.jpg"))) == 3 and data["nc"] == len(CLASSES)
     assert not (repo / "datasets").exists()
+
+
+def test_load_data_config_rebuilds_a_set_from_an_older_generator(tmp_path):
+    """A shapes set made by an older utils/shapes.py is regenerated (same arguments) instead of trained on."""
+    import json
+
+    from utils import shapes
+
+    root = make_shapes_dataset(tmp_path / "old", n_train=3, n_val=2, imgsz=64, seed=5)
+    current = _labels(root)
+    meta = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({**meta, "version": shapes.VERSION - 1}))
+    (root / "labels" / "train" / "000000.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # what the old generator drew
+    load_data_config(_data_yaml(tmp_path, root))
+    assert json.loads((root / MARKER).read_text())["version"] == shapes.VERSION
+    assert _labels(root) == current
 
 
 def test_load_data_config_missing_yaml_names_it():

@@ -26,6 +26,8 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset, verify_image_label
 from ultralytics.utils import LOGGER
 
+from utils import shapes
+
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 DATA_DIR = ROOT / "data"
 ROW_CHECK_VERSION = "rows-1"  # part of the label cache hash: caches written without row checks are rebuilt
@@ -70,6 +72,8 @@ def load_data_config(path, autodownload: bool = True) -> dict:
     except FileNotFoundError as e:  # ultralytics names the dataset by the string it got; say which YAML and why
         raise FileNotFoundError(f"data YAML {file}: {e}") from e
 
+    _refresh_shapes_set(data)
+
     # check_det_dataset only checks `val` (and only to decide on downloading): check every split that is given.
     for key in ("train", "val", "test"):
         value = data.get(key)
@@ -85,6 +89,24 @@ def load_data_config(path, autodownload: bool = True) -> dict:
                     break
                 raise FileNotFoundError(msg)
     return data
+
+
+def _refresh_shapes_set(data: dict) -> None:
+    """Rebuild an embedded shapes set that an older version of utils/shapes.py made (same arguments, new images).
+
+    The YAML's `download:` step only runs when the val images are missing, so a set generated before the
+    generator changed would otherwise be trained on silently. Only folders the generator marked as its own are
+    touched (make_shapes_dataset replaces them whole).
+    """
+    val = data.get("val")
+    if not isinstance(val, str):
+        return
+    root = Path(val).parent.parent  # <root>/images/val
+    meta = shapes._read_marker(root)
+    if meta is None or meta.get("version") == shapes.VERSION or not isinstance(meta.get("args"), dict):
+        return
+    LOGGER.info(f"{root}: shapes set made by generator version {meta.get('version')}, rebuilding it with version {shapes.VERSION}")
+    shapes.make_shapes_dataset(root, **meta["args"])
 
 
 # ---------------------------------------------------------------------------------------------------- label rows
