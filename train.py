@@ -36,7 +36,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, default="", help="initial weights: our checkpoint or an official HorNet ImageNet one")
     p.add_argument("--cfg", type=str, default=None, help=f"model YAML (default {DEFAULT_CFG}, or the model of --weights)")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
-    p.add_argument("--hyp", type=str, default="data/hyps/hyp.scratch-low.yaml", help="hyperparameters YAML")
+    p.add_argument("--hyp", type=str, default="data/hyps/hyp.hornet.yaml", help="hyperparameters YAML (YOLOv5's: data/hyps/hyp.scratch-low.yaml)")
     p.add_argument("--epochs", type=int, default=100, help="total training epochs")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
@@ -71,8 +71,17 @@ def is_our_checkpoint(path: str) -> bool:
     return bool(path) and Path(path).is_file() and not is_official_hornet_checkpoint(path)
 
 
+def in_repo(path: str | None) -> str | None:
+    """A relative path that does not exist from the working directory but does from the repo root: the latter."""
+    if path and not Path(path).exists() and not Path(path).is_absolute() and (ROOT / path).exists():
+        return str(ROOT / path)
+    return path
+
+
 def overrides_from(opt: argparse.Namespace) -> dict:
     """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names)."""
+    # The defaults (data/shapes.yaml, data/hyps/..., cfg/...) work from any working directory, as in YOLOv5.
+    opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     if opt.resume:
         return {"resume": opt.resume, "project": project, "device": opt.device or None}
@@ -85,7 +94,7 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     if opt.cfg is None and is_our_checkpoint(opt.weights):
         model = opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
     else:
-        model = opt.cfg or DEFAULT_CFG
+        model = opt.cfg or in_repo(DEFAULT_CFG)
         if not Path(model).is_file():
             raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
     if not Path(opt.data).is_file():

@@ -178,6 +178,15 @@ def test_flags_map_to_engine_args(tmp_path, data):
     assert o["save_dir"].endswith("exp2")  # the first call made exp
 
 
+def test_defaults_work_from_any_directory(tmp_path, monkeypatch):
+    """python /path/to/train.py from elsewhere: the default cfg, data and hyp are found in the repo."""
+    monkeypatch.chdir(tmp_path)
+    o = train.overrides_from(train.parse_opt(["--project", str(tmp_path)]))
+    assert Path(o["model"]) == ROOT / "cfg/yolov5s-hornet.yaml" and Path(o["data"]) == ROOT / "data/shapes.yaml"
+    assert Path(o["hyp"]) == ROOT / "data/hyps/hyp.hornet.yaml"  # the default hyp (see README, Hyperparameter files)
+    assert o["optimizer"] == "AdamW" and o["nbs"] == 16 and o["lr0"] == 0.005
+
+
 def test_run_folders_increment(tmp_path):
     assert [increment_run_dir(tmp_path, "exp").name for _ in range(3)] == ["exp", "exp2", "exp3"]
     (tmp_path / "exp" / "mine.txt").write_text("user file")
