@@ -191,3 +191,20 @@ def test_batch_without_labels():
     loss, items = model.loss(make_batch([], []))
     assert items["box_loss"] == 0 and items["cls_loss"] == 0 and items["obj_loss"] > 0
     loss.sum().backward()  # still a graph: the objectness of every cell is pushed down
+
+
+def test_finite_when_predicted_boxes_collapse():
+    """Width/height logits so negative that the box is 0 x 0 in float32: loss and gradients stay finite.
+
+    (Seen in a real run: a wh logit of -400 made CIoU's aspect term 0/0 and the loss NaN.)
+    """
+    model = tiny_model()
+    batch = make_batch([[0.5, 0.5, 0.3, 0.2]], [1])
+    preds = blank_preds(model, bs=2)
+    for p in preds:
+        p[..., 2:4] = -400.0
+        p.requires_grad_(True)
+    loss, items = AnchorLoss(model)(preds, batch)
+    assert all(math.isfinite(float(v)) for v in items.values()) and items["box_loss"] > 0
+    loss.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in preds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ultralytics.utils.metrics import bbox_iou
+from ultralytics.utils.ops import xywh2xyxy
 
 # YOLOv5's hyperparameters this loss reads, with YOLOv5's defaults (hyp.scratch-low.yaml). The ultralytics
 # args namespace has `box` and `cls` (with values tuned for its own loss; the trainer passes YOLOv5's) but
@@ -131,7 +132,10 @@ class AnchorLoss:
                 anchors = self.head.anchors[i].to(device)[a]  # (n, 2) in cell units
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
                 pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors
-                iou = bbox_iou(torch.cat((pxy, pwh), 1), tbox, xywh=True, CIoU=True).view(-1)
+                # xyxy in: bbox_iou then keeps heights >= eps, as YOLOv5 does. Its xywh path does not, and a width
+                # and height that underflow to 0 (wh logits below about -100) made CIoU's w/h 0/0 = NaN.
+                pbox = torch.cat((pxy, pwh), 1)
+                iou = bbox_iou(xywh2xyxy(pbox), xywh2xyxy(tbox), xywh=False, CIoU=True).view(-1)
                 lbox = lbox + (1.0 - iou).mean()
 
                 # Objectness target: the (detached) IoU of the prediction. A cell/anchor matched by several
