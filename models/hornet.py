@@ -132,6 +132,10 @@ class GlobalLocalFilter(nn.Module):
         return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
 
 
+def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
 def _check_int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -177,15 +181,17 @@ class gnConv(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
+        # CPU float32 inference: the 1x1 convs as oneDNN linears on the channels-last view (see _onednn_pointwise).
+        pointwise = _onednn_pointwise if _onednn_ok(x, self.proj_in, self.proj_out, *self.pws) else _call
         # One proj_in then a split: two convs (p and q each contiguous, no copy before the filter) and the
-        # 1x1 convs as nn.Linear on an NHWC view both measured no faster, so the simple form stays.
-        p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
+        # 1x1 convs as nn.Linear on an NHWC view in training both measured no faster, so the simple form stays.
+        p, q = pointwise(self.proj_in, x).split((self.dims[0], sum(self.dims)), dim=1)
         q = self._filter(q).split(self.dims, dim=1)
         inplace = not torch.is_grad_enabled()  # in training the multiplies' inputs are kept for backward
         p = p.mul_(q[0]) if inplace else p * q[0]
         for pw, qk in zip(self.pws, q[1:]):
-            p = pw(p).mul_(qk) if inplace else pw(p) * qk
-        return self.proj_out(p) if gamma is None else scaled_call(self.proj_out, p, gamma)
+            p = pointwise(pw, p).mul_(qk) if inplace else pw(p) * qk
+        return pointwise(self.proj_out, p) if gamma is None else scaled_call(self.proj_out, p, gamma)
 
     def _filter(self, q: torch.Tensor) -> torch.Tensor:
         """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
@@ -209,6 +215,63 @@ class gnConv(nn.Module):
         return self
 
 
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Whether `modules` may run on oneDNN's linear op instead of their own forward: CPU float32 inference.
+
+    Not while tracing or compiling (exporters see the plain modules), not while the modules have hooks (thop's
+    FLOP count, feature taps), never with autograd on (the op has no backward), and only for float32 weights.
+    """
+    if _ONEDNN_LINEAR is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return False
+    return all(m.weight.dtype == torch.float32 and not (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+
+
+def _onednn_mlp_ok(x: torch.Tensor, block: "HorBlock") -> bool:
+    """Whether the block's MLP may run on oneDNN's linear with GELU fused into the first: see `_onednn_ok`.
+
+    Measured, 2 threads: oneDNN's linear beats the default addmm 1.16-1.5x on pwconv2 at batch-1 sizes
+    (196x1024 -> 256, 49x2048 -> 512), and fusing GELU into pwconv1 took the HorNet-T backbone (224, after
+    fuse()) from 1.31x to 1.42x the plain form's speed.
+    """
+    act = block.act
+    return isinstance(act, nn.GELU) and act.approximate == "none" and _onednn_ok(x, block.pwconv1, block.pwconv2)
+
+
+def _onednn_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv on a channels-last (B, C, H, W) tensor as oneDNN's linear on its free (B, H, W, C) view.
+
+    Measured (benchmarks/bench_layers.py, HorNet-T 7x7 backbone, 1x3x224x224, fused, 2 threads): 1.28x -> 1.39x the
+    plain form's speed when gnConv's proj_in, pws and proj_out run this way; the default path sends the small
+    pws convs (under 20480 input values) to a slow im2col kernel that also copies channels-last inputs.
+    """
+    global _ONEDNN_LINEAR
+    try:
+        w = conv.weight.reshape(conv.out_channels, -1)
+        return _ONEDNN_LINEAR(x.permute(0, 2, 3, 1), w, conv.bias, "none", [], "").permute(0, 3, 1, 2)
+    except RuntimeError:
+        _ONEDNN_LINEAR = None  # from now on the plain path
+        return conv(x)
+
+
+def _onednn_mlp(x: torch.Tensor, block: "HorBlock") -> torch.Tensor:
+    """pwconv2(GELU(pwconv1(x))) on oneDNN; the plain modules if this torch build's op refuses the arguments."""
+    global _ONEDNN_LINEAR
+    try:
+        y = _ONEDNN_LINEAR(x, block.pwconv1.weight, block.pwconv1.bias, "gelu", [], "none")
+        return _ONEDNN_LINEAR(y, block.pwconv2.weight, block.pwconv2.bias, "none", [], "")
+    except RuntimeError:
+        _ONEDNN_LINEAR = None  # from now on the plain path
+        return block.pwconv2(block.act(block.pwconv1(x)))
+
+
 class DropPath(nn.Module):
     """Stochastic depth: zeroes a residual branch for whole samples with probability `p` in training."""
 
@@ -221,42 +284,6 @@ class DropPath(nn.Module):
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
-
-
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
-
-
-def _onednn_mlp_ok(x: torch.Tensor, block: "HorBlock") -> bool:
-    """Whether the block's MLP may run on oneDNN's linear (GELU fused into the first): CPU float32 inference.
-
-    Measured, 2 threads: oneDNN's linear beats the default addmm 1.16-1.5x on pwconv2 at batch-1 sizes
-    (196x1024 -> 256, 49x2048 -> 512), and fusing GELU into pwconv1 took the HorNet-T backbone (224, after
-    fuse()) from 1.31x to 1.42x the plain form's speed. Not while tracing or compiling (exporters see the plain
-    modules) or while the Linears have hooks (thop's FLOP count, feature taps), and never with autograd on
-    (the op has no backward).
-    """
-    if _ONEDNN_LINEAR is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    act = block.act
-    if not isinstance(act, nn.GELU) or act.approximate != "none" or block.pwconv1.weight.dtype != torch.float32:
-        return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    g = nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks:
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in (block.pwconv1, block.pwconv2))
-
-
-def _onednn_mlp(x: torch.Tensor, block: "HorBlock") -> torch.Tensor:
-    """pwconv2(GELU(pwconv1(x))) on oneDNN; the plain modules if this torch build's op refuses the arguments."""
-    global _ONEDNN_LINEAR
-    try:
-        y = _ONEDNN_LINEAR(x, block.pwconv1.weight, block.pwconv1.bias, "gelu", [], "none")
-        return _ONEDNN_LINEAR(y, block.pwconv2.weight, block.pwconv2.bias, "none", [], "")
-    except RuntimeError:
-        _ONEDNN_LINEAR = None  # from now on the plain path
-        return block.pwconv2(block.act(block.pwconv1(x)))
 
 
 @register("HorBlock", row=row_width)
