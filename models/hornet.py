@@ -248,9 +248,10 @@ def _onednn_mlp_ok(x: torch.Tensor, block: "HorBlock") -> bool:
 def _onednn_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv on a channels-last (B, C, H, W) tensor as oneDNN's linear on its free (B, H, W, C) view.
 
-    Measured (benchmarks/bench_layers.py, HorNet-T 7x7 backbone, 1x3x224x224, fused, 2 threads): 1.28x -> 1.39x the
-    plain form's speed when gnConv's proj_in, pws and proj_out run this way; the default path sends the small
-    pws convs (under 20480 input values) to a slow im2col kernel that also copies channels-last inputs.
+    Measured against bench_layers' plain form (HorNet-T 7x7 backbone, 1x3x224x224, fused, 2 threads, both variants
+    interleaved in one process): 1.28x -> 1.39x when gnConv's proj_in, pws and proj_out run this way (separate
+    benchmark runs vary by about 0.1). PyTorch sends the small pws convs (under 20480 input values at batch 1) to
+    an im2col kernel that also copies channels-last inputs.
     """
     global _ONEDNN_LINEAR
     try:
