@@ -102,7 +102,7 @@ def _refresh_shapes_set(data: dict) -> None:
     if not isinstance(val, str):
         return
     root = Path(val).parent.parent  # <root>/images/val
-    meta = shapes._read_marker(root)
+    meta = shapes.read_marker(root)
     if meta is None or meta.get("version") == shapes.VERSION or not isinstance(meta.get("args"), dict):
         return
     LOGGER.info(f"{root}: shapes set made by generator version {meta.get('version')}, rebuilding it with version {shapes.VERSION}")

@@ -202,7 +202,7 @@ def _write_split(folder: Path, split: str, n: int, imgsz: int, seed: int) -> Non
         (lbl_dir / f"{i:06d}.txt").write_text(_label_text(labels), encoding="utf-8")
 
 
-def _read_marker(root: Path) -> dict | None:
+def read_marker(root: Path) -> dict | None:
     """The generator marker of a folder, or None when the folder is not one this generator completed."""
     try:
         meta = json.loads((root / MARKER).read_text(encoding="utf-8"))
@@ -235,7 +235,7 @@ def make_shapes_dataset(root, n_train: int = 600, n_val: int = 150, imgsz: int =
     args = {"n_train": int(n_train), "n_val": int(n_val), "imgsz": int(imgsz), "seed": int(seed)}
     if n_train < 1 or n_val < 1 or imgsz < 32:
         raise ValueError(f"make_shapes_dataset needs n_train, n_val >= 1 and imgsz >= 32, got {args}")
-    meta = _read_marker(root)
+    meta = read_marker(root)
     if meta is not None and meta.get("version") == VERSION and meta.get("args") == args:
         return root  # already made with these arguments
     if root.exists() and meta is None and (not root.is_dir() or any(root.iterdir())):
@@ -261,7 +261,7 @@ def make_shapes_dataset(root, n_train: int = 600, n_val: int = 150, imgsz: int =
             os.replace(tmp, root)
         except OSError:
             # Another process (e.g. a second DDP rank) finished first: keep its copy if it matches ours.
-            done = _read_marker(root)
+            done = read_marker(root)
             if not (done and done.get("args") == args and done.get("version") == VERSION):
                 raise
     finally:
