@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 from ultralytics.nn.modules import C3
 
@@ -121,7 +122,7 @@ class GlobalLocalFilter(nn.Module):
         """The filtered (B, C, H, W) tensor times `scale` (gnConv's s, folded into post_norm's affine)."""
         x = self.pre_norm(x)  # channels-last memory: the slices below are cheap views
         local, glob = x.chunk(2, dim=1)
-        local = self.dw(local)
+        local = depthwise(self.dw, local)
         B, C, H, W = glob.shape
         with torch.autocast(device_type=x.device.type, enabled=False):
             spectrum = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
@@ -154,7 +155,8 @@ class gnConv(nn.Module):
     convolutions are several times faster than in NCHW (above all their weight gradient); s is folded
     into the filter's weight and bias (or GF's post_norm affine) instead of multiplying the output;
     `forward(x, gamma)` folds a HorBlock's layer scale into proj_out the same way. `fuse()` makes the
-    folding of s permanent for inference.
+    folding of s permanent for inference. On CPUs in float32 the depth-wise conv trains with a faster
+    backward (`depthwise`) and the 1x1 convs infer on oneDNN's linear (`_onednn_pointwise`).
     """
 
     def __init__(self, c1: int, c2: int, order: int = 3, filter=7, s: float = 1 / 3, h: int = 14, w: int = 8):
@@ -198,10 +200,8 @@ class gnConv(nn.Module):
         f, s = self.dwconv, self.scale
         if isinstance(f, GlobalLocalFilter):
             return f(q, s)
-        if s == 1.0:
-            return f(q)
         if isinstance(f, nn.Conv2d):
-            return scaled_call(f, q, s)
+            return depthwise(f, q, s)
         return f(q) * s  # another module put in the filter's place (utils/export.py's matmul Global Filter)
 
     @torch.no_grad()
@@ -215,16 +215,19 @@ class gnConv(nn.Module):
         return self
 
 
+# ---------------------------------------------------------------------------------------------------
+# CPU float32 fast paths. Each replaces a module call with the same arithmetic in a form that measured faster on
+# CPUs (benchmarks/bench_layers.py); each falls back to the module itself whenever that could matter to a user:
+# hooks on the module (thop's FLOP count, feature taps), tracing or compiling (exporters must see the modules),
+# autocast, other dtypes and devices.
+# ---------------------------------------------------------------------------------------------------
+
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
-def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
-    """Whether `modules` may run on oneDNN's linear op instead of their own forward: CPU float32 inference.
-
-    Not while tracing or compiling (exporters see the plain modules), not while the modules have hooks (thop's
-    FLOP count, feature taps), never with autograd on (the op has no backward), and only for float32 weights.
-    """
-    if _ONEDNN_LINEAR is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+def _cpu_fast_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Whether `modules` may be bypassed for a CPU fast path on input `x`: see the section comment."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
@@ -234,15 +237,9 @@ def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
     return all(m.weight.dtype == torch.float32 and not (m._forward_hooks or m._forward_pre_hooks) for m in modules)
 
 
-def _onednn_mlp_ok(x: torch.Tensor, block: "HorBlock") -> bool:
-    """Whether the block's MLP may run on oneDNN's linear with GELU fused into the first: see `_onednn_ok`.
-
-    Measured, 2 threads: oneDNN's linear beats the default addmm 1.16-1.5x on pwconv2 at batch-1 sizes
-    (196x1024 -> 256, 49x2048 -> 512), and fusing GELU into pwconv1 took the HorNet-T backbone (224, after
-    fuse()) from 1.31x to 1.42x the plain form's speed.
-    """
-    act = block.act
-    return isinstance(act, nn.GELU) and act.approximate == "none" and _onednn_ok(x, block.pwconv1, block.pwconv2)
+def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Whether `modules` may run on oneDNN's linear op: CPU float32 inference (the op has no backward)."""
+    return _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and _cpu_fast_ok(x, *modules)
 
 
 def _onednn_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -262,15 +259,129 @@ def _onednn_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv(x)
 
 
-def _onednn_mlp(x: torch.Tensor, block: "HorBlock") -> torch.Tensor:
-    """pwconv2(GELU(pwconv1(x))) on oneDNN; the plain modules if this torch build's op refuses the arguments."""
-    global _ONEDNN_LINEAR
-    try:
-        y = _ONEDNN_LINEAR(x, block.pwconv1.weight, block.pwconv1.bias, "gelu", [], "none")
-        return _ONEDNN_LINEAR(y, block.pwconv2.weight, block.pwconv2.bias, "none", [], "")
-    except RuntimeError:
-        _ONEDNN_LINEAR = None  # from now on the plain path
-        return block.pwconv2(block.act(block.pwconv1(x)))
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """A stride-1 'same' depth-wise conv, (B, C, H, W) channels-last -> same, with a faster CPU backward.
+
+    PyTorch's backward asks oneDNN for all three gradients at once. Measured on 8x224x40x40 with a 7x7 kernel, 2
+    threads: 31 ms for all three; the input gradient alone 6.2 ms, but as a forward conv with the flipped kernel 2.5
+    ms; the weight gradient alone 21 ms, 26 ms with the bias gradient, which is a plain sum. Here: flipped forward
+    conv, weight gradient alone, sum: about 24 ms, and HorBlock 7x7 forward+backward about 10 ms faster.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        c, pad = weight.shape[0], weight.shape[-1] // 2
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=c)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [False, True, False]
+            )[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+def depthwise(conv: nn.Conv2d, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """`conv(x) * scale` for one of our depth-wise convs (stride 1, 'same' padding); the scale goes onto the weights.
+
+    In CPU float32 training it runs through _DepthwiseConvCPU; otherwise the module itself (scaled_call).
+    """
+    if torch.is_grad_enabled() and _cpu_fast_ok(x, conv):
+        weight, bias = conv.weight, conv.bias
+        if scale != 1.0:
+            weight, bias = weight * scale, None if bias is None else bias * scale
+        return _DepthwiseConvCPU.apply(x.contiguous(memory_format=torch.channels_last), weight, bias)
+    return conv(x) if scale == 1.0 else scaled_call(conv, x, scale)
+
+
+_MLP_BLOCK_BYTES = 2 << 20  # float32 hidden activations per row block: about what fits in L2 on 2 cores
+
+
+def _mlp_rows(x: torch.Tensor, w1, b1, w2, b2, keep_hidden: bool):
+    """Rows of x (N, C) through linear(w1, b1), GELU, linear(w2, b2) on oneDNN, a block of rows at a time.
+
+    A block's hidden activations (rows x 4C) stay in cache from the first linear to the second: measured, 2
+    threads, 12800 x 128 -> 512 -> 128 forward+backward: nn.Linear/GELU ~94 ms, oneDNN on whole tensors ~83 ms,
+    in 1024-row blocks ~73 ms. In inference GELU is fused into the first linear (that took the HorNet-T backbone,
+    224, fused, from 1.31x to 1.42x the plain form's speed in one A/B run); in training the pre-GELU blocks are
+    returned for backward.
+    """
+    rows = max(64, _MLP_BLOCK_BYTES // (4 * w1.shape[0]))
+    ys, hidden = [], []
+    for xb in x.split(rows):
+        if keep_hidden:
+            h = _ONEDNN_LINEAR(xb, w1, b1, "none", [], "")
+            hidden.append(h)
+            h = F.gelu(h)
+        else:
+            h = _ONEDNN_LINEAR(xb, w1, b1, "gelu", [], "none")
+        ys.append(_ONEDNN_LINEAR(h, w2, b2, "none", [], ""))
+    return (ys[0] if len(ys) == 1 else torch.cat(ys)), hidden
+
+
+class _MlpCPU(torch.autograd.Function):
+    """HorBlock's MLP, (N, C) -> (N, C), on oneDNN in row blocks (see _mlp_rows), with a matching blocked backward.
+
+    Saves only the input and the pre-GELU activations; GELU is recomputed per block in backward, where the block is
+    in cache. The weight gradients accumulate over blocks.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        y, hidden = _mlp_rows(x, w1, b1, w2, b2, keep_hidden=True)
+        ctx.save_for_backward(x, w1, w2, *hidden)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, w1, w2, *hidden = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x, grad_w1, grad_w2 = torch.empty_like(x), torch.zeros_like(w1), torch.zeros_like(w2)
+        grad_b1 = w1.new_zeros(w1.shape[0])
+        start = 0
+        for h in hidden:
+            end = start + h.shape[0]
+            g = grad[start:end]
+            grad_w2.addmm_(g.t(), F.gelu(h))
+            g = g.mm(w2)  # gradient at the GELU's output, then (in place) at its input
+            torch.ops.aten.gelu_backward.grad_input(g, h, grad_input=g)
+            grad_w1.addmm_(g.t(), x[start:end])
+            grad_b1 += g.sum(0)
+            torch.mm(g, w1, out=grad_x[start:end])
+            start = end
+        return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0)
+
+
+def _mlp_fast_ok(x: torch.Tensor, block: "HorBlock") -> bool:
+    """Whether the block's MLP may run as _mlp_rows / _MlpCPU: CPU float32, exact GELU, oneDNN present."""
+    act = block.act
+    exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
+    return _ONEDNN_LINEAR is not None and exact_gelu and _cpu_fast_ok(x, block.pwconv1, block.pwconv2)
+
+
+def _mlp_fast(x: torch.Tensor, block: "HorBlock", gamma: torch.Tensor | None) -> torch.Tensor:
+    """gamma * pwconv2(GELU(pwconv1(x))) for x (B, H, W, C); gamma (None after fuse()) folded into pwconv2."""
+    w1, b1, w2, b2 = block.pwconv1.weight, block.pwconv1.bias, block.pwconv2.weight, block.pwconv2.bias
+    if gamma is not None:
+        w2, b2 = w2 * gamma[:, None], b2 * gamma
+    rows = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled():
+        y = _MlpCPU.apply(rows, w1, b1, w2, b2)
+    else:
+        y = _mlp_rows(rows, w1, b1, w2, b2, keep_hidden=False)[0]
+    return y.view(*x.shape[:-1], -1)
 
 
 class DropPath(nn.Module):
@@ -297,7 +408,8 @@ class HorBlock(nn.Module):
     Speed (see benchmarks/bench_layers.py): the block keeps its tensors in channels-last memory, so the
     MLP's channels-last view is free (no permute copies) and both LayerNorms are the fused kernel; the
     gammas are folded into proj_out and pwconv2 (weights, not activations), in training too. `fuse()`
-    makes that folding permanent for inference.
+    makes that folding permanent for inference. On CPUs in float32 the MLP runs on oneDNN a block of
+    rows at a time, in training with its own backward (`_mlp_rows`, `_MlpCPU`).
     """
 
     def __init__(
@@ -329,12 +441,12 @@ class HorBlock(nn.Module):
         x = self.proj(x).contiguous(memory_format=torch.channels_last)
         x = x + self.drop_path(self.gnconv(self.norm1(x), None if self.fused else self.gamma1))
         y = self.norm2(x.permute(0, 2, 3, 1))  # a free view: x is channels-last
-        if _onednn_mlp_ok(y, self):
-            y = _onednn_mlp(y, self)
-            y = y if self.fused else y * self.gamma2  # at batch-1 sizes the output is the smaller tensor
+        gamma = None if self.fused else self.gamma2
+        if _mlp_fast_ok(y, self):
+            y = _mlp_fast(y, self, gamma)
         else:
             y = self.act(self.pwconv1(y))
-            y = self.pwconv2(y) if self.fused else scaled_call(self.pwconv2, y, self.gamma2)
+            y = self.pwconv2(y) if gamma is None else scaled_call(self.pwconv2, y, gamma)
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
     @torch.no_grad()

@@ -128,3 +128,45 @@ def test_inference_fast_paths_match_the_module_path():
         graded = block(x)
     assert (fast - plain).abs().max().item() < 1e-5
     assert (fast - graded).abs().max().item() < 1e-5
+
+
+def _backward_nodes(t: torch.Tensor) -> set:
+    """Names of every autograd node behind `t`."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("filt", [7, "gf"])
+def test_training_fast_paths_match_float64_module_path(filt, monkeypatch):
+    """CPU float32 training runs the depth-wise conv and the MLP through their own backward (see models/hornet.py);
+    float64 takes the modules' own autograd. Outputs and every gradient agree, the MLP split into several row
+    blocks with a remainder."""
+    import models.hornet as hornet
+
+    monkeypatch.setattr(hornet, "_MLP_BLOCK_BYTES", 4 * 128 * 64)  # 64-row blocks: 240 rows = 3 blocks + 48
+    torch.manual_seed(0)
+    block = HorBlock(32, 32, order=3, filter=filt, h=6, w=4).train()
+    _randomize_gammas(block)
+    ref = copy.deepcopy(block).double()
+    x = torch.randn(2, 32, 12, 10)
+    g = torch.randn(2, 32, 12, 10)
+    results = []
+    for m, xi in ((block, x), (ref, x.double())):
+        xi = xi.clone().requires_grad_()
+        y = m(xi)
+        if m is block:
+            nodes = _backward_nodes(y)
+            assert "_MlpCPUBackward" in nodes and "_DepthwiseConvCPUBackward" in nodes, nodes
+        y.backward(g.to(y.dtype))
+        results.append([y.detach(), xi.grad] + [p.grad for p in m.parameters()])
+    names = ["output", "input grad"] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, *results):
+        scale = b.abs().max().clamp(min=1e-3)
+        assert ((a.double() - b).abs().max() / scale).item() < 1e-4, name
