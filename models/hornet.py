@@ -266,6 +266,8 @@ class _DepthwiseConvCPU(torch.autograd.Function):
     threads: 31 ms for all three; the input gradient alone 6.2 ms, but as a forward conv with the flipped kernel 2.5
     ms; the weight gradient alone 21 ms, 26 ms with the bias gradient, which is a plain sum. Here: flipped forward
     conv, weight gradient alone, sum: about 24 ms, and HorBlock 7x7 forward+backward about 10 ms faster.
+    Where the kernel covers the whole map (HorNet-T's last stage at 224: 7x7), oneDNN's channels-last weight
+    gradient is pathological (1x992x7x7: 14 ms, NCHW 0.9 ms with the two copies), so it gets NCHW copies there.
     """
 
     @staticmethod
@@ -284,8 +286,9 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=c)
         if ctx.needs_input_grad[1]:
+            a, b = (grad, x) if min(x.shape[-2:]) > weight.shape[-1] else (grad.contiguous(), x.contiguous())
             grad_w = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [False, True, False]
+                a, b, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [False, True, False]
             )[1]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))

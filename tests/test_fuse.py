@@ -143,11 +143,11 @@ def _backward_nodes(t: torch.Tensor) -> set:
     return names
 
 
-@pytest.mark.parametrize("filt", [7, "gf"])
-def test_training_fast_paths_match_float64_module_path(filt, monkeypatch):
+@pytest.mark.parametrize("filt,size", [(7, (12, 10)), (7, (7, 5)), ("gf", (12, 10))])
+def test_training_fast_paths_match_float64_module_path(filt, size, monkeypatch):
     """CPU float32 training runs the depth-wise conv and the MLP through their own backward (see models/hornet.py);
     float64 takes the modules' own autograd. Outputs and every gradient agree, the MLP split into several row
-    blocks with a remainder."""
+    blocks with a remainder; a map no larger than the 7x7 kernel takes the NCHW weight-gradient branch."""
     import models.hornet as hornet
 
     monkeypatch.setattr(hornet, "_MLP_BLOCK_BYTES", 4 * 128 * 64)  # 64-row blocks: 240 rows = 3 blocks + 48
@@ -155,8 +155,8 @@ def test_training_fast_paths_match_float64_module_path(filt, monkeypatch):
     block = HorBlock(32, 32, order=3, filter=filt, h=6, w=4).train()
     _randomize_gammas(block)
     ref = copy.deepcopy(block).double()
-    x = torch.randn(2, 32, 12, 10)
-    g = torch.randn(2, 32, 12, 10)
+    x = torch.randn(2, 32, *size)
+    g = torch.randn(2, 32, *size)
     results = []
     for m, xi in ((block, x), (ref, x.double())):
         xi = xi.clone().requires_grad_()
