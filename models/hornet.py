@@ -133,10 +133,6 @@ class GlobalLocalFilter(nn.Module):
         return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
 
 
-def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
-
-
 def _check_int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -156,7 +152,7 @@ class gnConv(nn.Module):
     into the filter's weight and bias (or GF's post_norm affine) instead of multiplying the output;
     `forward(x, gamma)` folds a HorBlock's layer scale into proj_out the same way. `fuse()` makes the
     folding of s permanent for inference. On CPUs in float32 the depth-wise conv trains with a faster
-    backward (`depthwise`) and the 1x1 convs infer on oneDNN's linear (`_onednn_pointwise`).
+    backward (`depthwise`) and inference runs its 1x1 convs as linears (`_forward_onednn`).
     """
 
     def __init__(self, c1: int, c2: int, order: int = 3, filter=7, s: float = 1 / 3, h: int = 14, w: int = 8):
@@ -183,17 +179,35 @@ class gnConv(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
-        # CPU float32 inference: the 1x1 convs as oneDNN linears on the channels-last view (see _onednn_pointwise).
-        pointwise = _onednn_pointwise if _onednn_ok(x, self.proj_in, self.proj_out, *self.pws) else _call
+        if _onednn_ok(x, self.proj_in, self.proj_out, *self.pws):
+            return self._forward_onednn(x, gamma)
         # One proj_in then a split: two convs (p and q each contiguous, no copy before the filter) and the
         # 1x1 convs as nn.Linear on an NHWC view in training both measured no faster, so the simple form stays.
-        p, q = pointwise(self.proj_in, x).split((self.dims[0], sum(self.dims)), dim=1)
+        p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
         q = self._filter(q).split(self.dims, dim=1)
         inplace = not torch.is_grad_enabled()  # in training the multiplies' inputs are kept for backward
         p = p.mul_(q[0]) if inplace else p * q[0]
         for pw, qk in zip(self.pws, q[1:]):
-            p = pointwise(pw, p).mul_(qk) if inplace else pw(p) * qk
-        return pointwise(self.proj_out, p) if gamma is None else scaled_call(self.proj_out, p, gamma)
+            p = pw(p).mul_(qk) if inplace else pw(p) * qk
+        return self.proj_out(p) if gamma is None else scaled_call(self.proj_out, p, gamma)
+
+    def _forward_onednn(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        """forward() in CPU float32 inference: the 1x1 convs on the NHWC view (`_pointwise`), gates in place.
+
+        proj_in runs as two linears (p and q rows of its weight), so that q reaches the filter contiguous
+        instead of being copied there; gamma goes onto proj_out's weight without functional_call.
+        """
+        d0 = self.dims[0]
+        w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
+        p, q = _pointwise(x, w[:d0], b[:d0]), _pointwise(x, w[d0:], b[d0:])
+        q = self._filter(q).split(self.dims, dim=1)
+        p = p.mul_(q[0])
+        for pw, qk in zip(self.pws, q[1:]):
+            p = _pointwise(p, pw.weight.flatten(1), pw.bias).mul_(qk)
+        w, b = self.proj_out.weight.flatten(1), self.proj_out.bias
+        if gamma is not None:
+            w, b = w * gamma[:, None], b * gamma
+        return _pointwise(p, w, b)
 
     def _filter(self, q: torch.Tensor) -> torch.Tensor:
         """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
@@ -242,21 +256,24 @@ def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
     return _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and _cpu_fast_ok(x, *modules)
 
 
-def _onednn_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv on a channels-last (B, C, H, W) tensor as oneDNN's linear on its free (B, H, W, C) view.
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv (weight (C_out, C_in)) on a channels-last (B, C, H, W) tensor, as a linear on its free NHWC view.
 
+    oneDNN's linear for the large weights, F.linear (MKL) for the small ones, where oneDNN's fixed cost of about
+    15 us per call shows (2 threads: 196x32 -> 64 11 us against 25 us; 49x512 -> 2048 726 us against 545 us).
     Measured against bench_layers' plain form (HorNet-T 7x7 backbone, 1x3x224x224, fused, 2 threads, both variants
-    interleaved in one process): 1.28x -> 1.39x when gnConv's proj_in, pws and proj_out run this way (separate
-    benchmark runs vary by about 0.1). PyTorch sends the small pws convs (under 20480 input values at batch 1) to
-    an im2col kernel that also copies channels-last inputs.
+    interleaved in one process): 1.28x -> 1.39x when gnConv's 1x1 convs moved from nn.Conv2d to oneDNN's linear
+    (separate benchmark runs vary by about 0.1): PyTorch sends the small pws convs (under 20480 input values at
+    batch 1) to an im2col kernel that also copies channels-last inputs.
     """
     global _ONEDNN_LINEAR
-    try:
-        w = conv.weight.reshape(conv.out_channels, -1)
-        return _ONEDNN_LINEAR(x.permute(0, 2, 3, 1), w, conv.bias, "none", [], "").permute(0, 3, 1, 2)
-    except RuntimeError:
-        _ONEDNN_LINEAR = None  # from now on the plain path
-        return conv(x)
+    x = x.permute(0, 2, 3, 1)
+    if weight.numel() > 32768 and _ONEDNN_LINEAR is not None:
+        try:
+            return _ONEDNN_LINEAR(x, weight, bias, "none", [], "").permute(0, 3, 1, 2)
+        except RuntimeError:
+            _ONEDNN_LINEAR = None  # this torch build refuses the op: F.linear from now on
+    return F.linear(x, weight, bias).permute(0, 3, 1, 2)
 
 
 class _DepthwiseConvCPU(torch.autograd.Function):
@@ -298,14 +315,17 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 def depthwise(conv: nn.Conv2d, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """`conv(x) * scale` for one of our depth-wise convs (stride 1, 'same' padding); the scale goes onto the weights.
 
-    In CPU float32 training it runs through _DepthwiseConvCPU; otherwise the module itself (scaled_call).
+    On CPUs in float32: training through _DepthwiseConvCPU, inference as F.conv2d with the scaled weights (no
+    functional_call); otherwise the module itself (scaled_call).
     """
-    if torch.is_grad_enabled() and _cpu_fast_ok(x, conv):
-        weight, bias = conv.weight, conv.bias
-        if scale != 1.0:
-            weight, bias = weight * scale, None if bias is None else bias * scale
-        return _DepthwiseConvCPU.apply(x.contiguous(memory_format=torch.channels_last), weight, bias)
-    return conv(x) if scale == 1.0 else scaled_call(conv, x, scale)
+    if not _cpu_fast_ok(x, conv):
+        return conv(x) if scale == 1.0 else scaled_call(conv, x, scale)
+    weight, bias = conv.weight, conv.bias
+    if scale != 1.0:
+        weight, bias = weight * scale, None if bias is None else bias * scale
+    if not torch.is_grad_enabled():
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+    return _DepthwiseConvCPU.apply(x.contiguous(memory_format=torch.channels_last), weight, bias)
 
 
 _MLP_BLOCK_BYTES = 2 << 20  # float32 hidden activations per row block: about what fits in L2 on 2 cores
