@@ -319,6 +319,15 @@ def _unfolded_call(module, x, scale):
     return y * scale
 
 
+def without_fast_paths(block: HorBlock) -> HorBlock:
+    """A copy of the block whose CPU fast paths are off: models/hornet.py takes the module path for hooked modules."""
+    block = copy.deepcopy(block)
+    dw = block.gnconv.dwconv
+    for m in (block.gnconv.proj_in, block.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw):
+        m.register_forward_hook(lambda *args: None)
+    return block
+
+
 def ablation(opt):
     """LayerNorm variants, then HorBlock with the ideas switched on one after another (cumulative)."""
     import models.hornet as hornet
@@ -374,17 +383,18 @@ def ablation(opt):
                 "+ fused LayerNorm kernel": make_step(ln, x, train, grads),
                 "+ channels-last block": make_step(cl, x, train, grads),
             }
-            base = make_step(ours, x, train, grads)
+            module_path = make_step(without_fast_paths(ours), x, train, grads)
 
-            def no_fold(base=base):
+            def no_fold(module_path=module_path):
                 hornet.scaled_call, saved = _unfolded_call, hornet.scaled_call
                 try:
-                    base()
+                    module_path()
                 finally:
                     hornet.scaled_call = saved
 
-            steps["ours without folding s/gammas into weights"] = no_fold
-            steps["ours (+ folding, GF one-copy interleave)"] = base
+            steps["ours, module path, s/gammas multiplying outputs"] = no_fold
+            steps["+ s/gammas folded into weights, GF one-copy interleave"] = module_path
+            steps["+ CPU fast paths (oneDNN inference, depth-wise backward, blocked MLP)"] = make_step(ours, x, train, grads)
             if not train:
                 steps["ours, fuse()"] = make_step(fused, x, False, grads)
                 if gf:
