@@ -4,6 +4,7 @@
     python benchmarks/bench_models.py --hornet             # also the full-size cfg/hornet/*.yaml
     python benchmarks/bench_models.py --models yolov5s yolov5s-hornet --runs 5
     python benchmarks/bench_models.py --passive            # on a machine shared with other jobs
+    python benchmarks/bench_models.py --fast-paths         # training with the CPU fast paths on vs off
 
 For each model: parameters, GFLOPs at 640x640 (thop, as the ultralytics engine counts them), CPU inference
 ms/image at 320 and 640 (batch 1, the model fused as detect.py runs it, median of `--runs` runs after a
@@ -90,6 +91,43 @@ def train_images_per_s(model, batch: dict, iters: int) -> float:
     return len(batch["img"]) / statistics.median(times)
 
 
+def fast_paths_table(cfgs, batch: dict, reps: int) -> None:
+    """Training step (loss forward + backward) of each HorNet model with models/hornet.py's CPU fast paths on and
+    off, interleaved in one process. Off = a no-op forward hook on every depth-wise conv and pwconv1, which sends
+    those layers (and so the blocked MLP and the depth-wise backward) through the plain module path."""
+    from bench_layers import timed
+    from models.hornet import GlobalLocalFilter, HorBlock
+
+    print("| model | module path ms/iter | fast paths ms/iter | train img/s | speed-up |\n|---|---:|---:|---:|---:|")
+    for cfg in cfgs:
+        torch.manual_seed(0)
+        model = Model(cfg, verbose=False)
+        blocks = [m for m in model.modules() if isinstance(m, HorBlock)]
+        if not blocks:
+            continue
+        model.args = get_cfg()
+        model.train()
+        hooked = []
+        for b in blocks:
+            dw = b.gnconv.dwconv
+            hooked += [b.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw]
+
+        def step(fast: bool):
+            handles = [] if fast else [m.register_forward_hook(lambda *args: None) for m in hooked]
+            try:
+                model.zero_grad(set_to_none=True)
+                model.loss(batch)[0].sum().backward()
+            finally:
+                for h in handles:
+                    h.remove()
+
+        t = timed({"module": lambda: step(False), "fast": lambda: step(True)}, reps, 2)
+        (slow, _), (fast, _) = t["module"], t["fast"]
+        n = len(batch["img"])
+        print(f"| {cfg.stem} | {slow:.0f} | {fast:.0f} | {n * 1e3 / slow:.1f} -> {n * 1e3 / fast:.1f} | {slow / fast:.2f}x |",
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", help="YAML stems (default: every cfg/*.yaml)")
@@ -99,6 +137,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="timed inference runs per size (median)")
     ap.add_argument("--iters", type=int, default=3, help="timed training iterations (median)")
     ap.add_argument("--batch", type=int, default=8, help="training batch size")
+    ap.add_argument("--fast-paths", action="store_true",
+                    help="instead: training with models/hornet.py's CPU fast paths on vs off, per HorNet model (median of 7)")
     opt = ap.parse_args()
     torch.set_num_threads(opt.threads)
 
@@ -111,6 +151,9 @@ def main():
     print(f"torch {torch.__version__}, {opt.threads} threads, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; inference batch 1 (fused, median of {opt.runs}), "
           f"training batch {opt.batch} at 320 (median of {opt.iters} iterations)\n", flush=True)
+
+    if opt.fast_paths:
+        return fast_paths_table(cfgs, batch, reps=7)
 
     # Warm the process up (thread pool, allocator, oneDNN kernels) on a throwaway model: the first model timed
     # in a fresh process otherwise measured a third slower in training than in a second run.
