@@ -112,15 +112,23 @@ def test_gf_filter_cache_follows_weight_updates():
         assert torch.allclose(gf(x), a, atol=1e-6)
 
 
-def test_inference_fast_paths_match_the_module_path():
-    """No-grad CPU inference takes oneDNN's fused linear+GELU and in-place gating; a hook on pwconv1 (as thop
-    adds) forces the plain module path: both give the same block output."""
+def test_inference_fast_paths_match_the_module_path(monkeypatch):
+    """No-grad CPU inference takes oneDNN's fused linear+GELU, the residual adds inside the GEMMs and in-place
+    gating, the MLP in several row blocks here; a hook on pwconv1 (as thop adds) forces the plain module path:
+    both give the same block output."""
+    import models.hornet as hornet
+
+    monkeypatch.setattr(hornet, "_MLP_BLOCK_BYTES", 4 * 256 * 100)  # 100-row blocks: 960 rows = 9 blocks + 60
+    calls = []
+    mlp_rows = hornet._mlp_rows
+    monkeypatch.setattr(hornet, "_mlp_rows", lambda *a, **k: calls.append(k.get("residual") is not None) or mlp_rows(*a, **k))
     torch.manual_seed(0)
     block = HorBlock(64, 64, order=3).eval()
     _randomize_gammas(block)
     x = torch.randn(2, 64, 20, 24)
     with torch.no_grad():
         fast = block(x)
+        assert calls == [True], "the fused inference path (MLP with the residual inside) was not taken"
         handle = block.pwconv1.register_forward_hook(lambda m, i, o: None)
         plain = block(x)
         handle.remove()
