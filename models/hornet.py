@@ -237,6 +237,7 @@ class gnConv(nn.Module):
 # autocast, other dtypes and devices.
 # ---------------------------------------------------------------------------------------------------
 
+
 def _probe_onednn_linear():
     """oneDNN's linear op (with fused GELU, `.binary` with a fused add) if this torch build has it and takes our
     arguments, else None (then every path below is the plain one)."""
