@@ -265,7 +265,7 @@ def _cpu_fast_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
     g = nn.modules.module
     if g._global_forward_hooks or g._global_forward_pre_hooks:
         return False
-    return all(
+    return all(  # a module without a weight of its own (gnConv) only needs to be free of hooks
         getattr(m, "weight", x).dtype == torch.float32 and not (m._forward_hooks or m._forward_pre_hooks) for m in modules
     )
 
