@@ -178,3 +178,17 @@ def test_training_fast_paths_match_float64_module_path(filt, size, monkeypatch):
     for name, a, b in zip(names, *results):
         scale = b.abs().max().clamp(min=1e-3)
         assert ((a.double() - b).abs().max() / scale).item() < 1e-4, name
+
+
+@pytest.mark.parametrize("name", ["gnconv", "gnconv.proj_in", "gnconv.dwconv", "gnconv.pws.0", "gnconv.proj_out", "pwconv1", "pwconv2"])
+@pytest.mark.parametrize("train", [False, True])
+def test_a_hook_on_any_bypassed_module_fires(name, train):
+    """The CPU fast paths call the arithmetic of these modules directly; a forward hook on any one of them (a
+    feature tap, thop's FLOP count) must still see its call, in inference and in training."""
+    block = HorBlock(32, 32, order=3).train(train)
+    module = block.get_submodule(name)
+    seen = []
+    module.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.set_grad_enabled(train):
+        block(torch.randn(1, 32, 10, 12))
+    assert seen, f"the hook on {name} did not fire"
