@@ -319,11 +319,20 @@ def _unfolded_call(module, x, scale):
     return y * scale
 
 
+def fast_path_modules(model: nn.Module) -> list:
+    """The modules of every HorBlock in `model` whose forward hooks switch models/hornet.py's CPU fast paths off
+    (it takes the plain module path for hooked modules): proj_in (inference), pwconv1 (the MLP), the depth-wise conv."""
+    out = []
+    for block in (m for m in model.modules() if isinstance(m, HorBlock)):
+        dw = block.gnconv.dwconv
+        out += [block.gnconv.proj_in, block.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw]
+    return out
+
+
 def without_fast_paths(block: HorBlock) -> HorBlock:
-    """A copy of the block whose CPU fast paths are off: models/hornet.py takes the module path for hooked modules."""
+    """A copy of the block with its CPU fast paths off (no-op hooks on `fast_path_modules`)."""
     block = copy.deepcopy(block)
-    dw = block.gnconv.dwconv
-    for m in (block.gnconv.proj_in, block.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw):
+    for m in fast_path_modules(block):
         m.register_forward_hook(lambda *args: None)
     return block
 

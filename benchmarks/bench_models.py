@@ -93,24 +93,18 @@ def train_images_per_s(model, batch: dict, iters: int) -> float:
 
 def fast_paths_table(cfgs, batch: dict, reps: int) -> None:
     """Training step (loss forward + backward) of each HorNet model with models/hornet.py's CPU fast paths on and
-    off, interleaved in one process. Off = a no-op forward hook on every depth-wise conv and pwconv1, which sends
-    those layers (and so the blocked MLP and the depth-wise backward) through the plain module path."""
-    from bench_layers import timed
-    from models.hornet import GlobalLocalFilter, HorBlock
+    off, interleaved in one process; off = no-op forward hooks on bench_layers.fast_path_modules."""
+    from bench_layers import fast_path_modules, timed
 
     print("| model | module path ms/iter | fast paths ms/iter | train img/s | speed-up |\n|---|---:|---:|---:|---:|")
     for cfg in cfgs:
         torch.manual_seed(0)
         model = Model(cfg, verbose=False)
-        blocks = [m for m in model.modules() if isinstance(m, HorBlock)]
-        if not blocks:
+        hooked = fast_path_modules(model)
+        if not hooked:
             continue
         model.args = get_cfg()
         model.train()
-        hooked = []
-        for b in blocks:
-            dw = b.gnconv.dwconv
-            hooked += [b.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw]
 
         def step(fast: bool):
             handles = [] if fast else [m.register_forward_hook(lambda *args: None) for m in hooked]

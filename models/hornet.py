@@ -489,7 +489,8 @@ class HorBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x).contiguous(memory_format=torch.channels_last)
         g = self.gnconv
-        if (not self.training or self.drop_path.p == 0) and _onednn_ok(x, g, g.proj_in, g.proj_out, *g.pws) and _mlp_fast_ok(x, self):
+        no_drop_path = not self.training or self.drop_path.p == 0
+        if no_drop_path and _onednn_ok(x, g, g.proj_in, g.proj_out, *g.pws) and _mlp_fast_ok(x, self):
             return self._forward_onednn(x)
         x = x + self.drop_path(self.gnconv(self.norm1(x), None if self.fused else self.gamma1))
         y = self.norm2(x.permute(0, 2, 3, 1))  # a free view: x is channels-last
