@@ -11,6 +11,8 @@ modules do; the parser fills `c1` in from the row's input.
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -362,17 +364,17 @@ def _mlp_rows(x: torch.Tensor, w1, b1, w2, b2, keep_hidden: bool, residual=None)
     """
     rows = max(64, _MLP_BLOCK_BYTES // (4 * w1.shape[0]))
     ys, hidden = [], []
-    for i, xb in enumerate(x.split(rows)):
+    for xb, rb in zip(x.split(rows), repeat(None) if residual is None else residual.split(rows)):
         if keep_hidden:
             h = _ONEDNN_LINEAR(xb, w1, b1, "none", [], "")
             hidden.append(h)
             h = F.gelu(h)
         else:
             h = _ONEDNN_LINEAR(xb, w1, b1, "gelu", [], "none")
-        if residual is None:
+        if rb is None:
             ys.append(_ONEDNN_LINEAR(h, w2, b2, "none", [], ""))
         else:
-            ys.append(_ONEDNN_LINEAR.binary(h, residual[i * rows : i * rows + len(xb)], w2, b2, "add"))
+            ys.append(_ONEDNN_LINEAR.binary(h, rb, w2, b2, "add"))
     return (ys[0] if len(ys) == 1 else torch.cat(ys)), hidden
 
 
