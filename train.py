@@ -24,10 +24,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+from ultralytics.utils import LOGGER  # noqa: E402
 from utils.trainer import HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
 HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
+# The recipe train.py picks when --hyp is not given (measured per family: README, "Accuracy on real photos")
+RECIPES = {"hornet": ROOT / "data/hyps/hyp.hornet.yaml", "yolov5": ROOT / "data/hyps/hyp.scratch-adamw.yaml"}
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -36,7 +39,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, default="", help="initial weights: our checkpoint or an official HorNet ImageNet one")
     p.add_argument("--cfg", type=str, default=None, help=f"model YAML (default {DEFAULT_CFG}, or the model of --weights)")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
-    p.add_argument("--hyp", type=str, default="data/hyps/hyp.hornet.yaml", help="hyperparameters YAML (YOLOv5's: data/hyps/hyp.scratch-low.yaml)")
+    p.add_argument("--hyp", type=str, default=None, help="hyperparameters YAML (default: hyp.hornet.yaml for models with HorNet layers, else hyp.scratch-adamw.yaml)")
     p.add_argument("--epochs", type=int, default=100, help="total training epochs")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
@@ -71,11 +74,40 @@ def is_our_checkpoint(path: str) -> bool:
     return bool(path) and Path(path).is_file() and not is_official_hornet_checkpoint(path)
 
 
+def model_family(model) -> str:
+    """'hornet' if any row of a model YAML or checkpoint of ours is a HorNet layer, else 'yolov5'."""
+    from models.registry import REGISTRY
+    from models.yolo import load_model_yaml, read_checkpoint
+
+    d = read_checkpoint(model)["model_yaml"] if str(model).endswith((".pt", ".pth")) else load_model_yaml(model)
+    rows = [*(d.get("backbone") or []), *(d.get("head") or [])]
+    names = {row[2] for row in rows if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str)}
+    hornet = any(name in REGISTRY and REGISTRY[name].cls.__module__ == "models.hornet" for name in names)
+    return "hornet" if hornet else "yolov5"
+
+
+def recipe_for(model) -> Path:
+    """The hyp file train.py uses for a model when --hyp is not given."""
+    return RECIPES[model_family(model)]
+
+
 def in_repo(path: str | None) -> str | None:
     """A relative path that does not exist from the working directory but does from the repo root: the latter."""
     if path and not Path(path).exists() and not Path(path).is_absolute() and (ROOT / path).exists():
         return str(ROOT / path)
     return path
+
+
+def model_of(opt: argparse.Namespace) -> str:
+    """The model to build: --cfg, else the model of a checkpoint of ours in --weights, else the default YAML."""
+    if opt.weights and not Path(opt.weights).is_file():
+        raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
+    if opt.cfg is None and is_our_checkpoint(opt.weights):
+        return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
+    model = opt.cfg or in_repo(DEFAULT_CFG)
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
+    return model
 
 
 def overrides_from(opt: argparse.Namespace) -> dict:
@@ -85,18 +117,16 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     if opt.resume:
         return {"resume": opt.resume, "project": project, "device": opt.device or None}
+    model = model_of(opt)
+    if opt.hyp is None:
+        family = model_family(model)
+        opt.hyp = str(RECIPES[family])
+        why = "the HorNet recipe: the model has HorNet layers" if family == "hornet" else "the YOLOv5 recipe: no HorNet layers"
+        LOGGER.info(f"hyp: {Path(opt.hyp).relative_to(ROOT)} ({why}; --hyp overrides)")
     hyp = {**load_hyp(HYP_DEFAULTS), **load_hyp(opt.hyp)}  # keys a hyp file leaves out keep YOLOv5's values
     optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
     hyp.pop("optimizer", None)
     hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
-    if opt.weights and not Path(opt.weights).is_file():
-        raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
-    if opt.cfg is None and is_our_checkpoint(opt.weights):
-        model = opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
-    else:
-        model = opt.cfg or in_repo(DEFAULT_CFG)
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
     if not Path(opt.data).is_file():
         raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
     # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given

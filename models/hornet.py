@@ -601,6 +601,20 @@ class HorNet(nn.Module):
         return self.blocks(self.downsample(x))
 
 
+def set_layer_scale(model: nn.Module, value: float) -> int:
+    """Start every HorBlock's layer scales (gamma1, gamma2) at `value`; returns how many blocks were set.
+
+    The paper's 1e-6 makes each block an identity map at the start, which suits deep ImageNet training;
+    a detector trained from scratch on a few hundred photos learns faster when its blocks start open.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, HorBlock)]
+    with torch.no_grad():
+        for block in blocks:
+            block.gamma1.fill_(value)
+            block.gamma2.fill_(value)
+    return len(blocks)
+
+
 def set_drop_path(model: nn.Module, rate: float) -> None:
     """Stochastic depth rising linearly from 0 to `rate` over the model's HorBlocks, in network order."""
     blocks = [m for m in model.modules() if isinstance(m, HorBlock)]

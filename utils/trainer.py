@@ -36,7 +36,7 @@ from torch import distributed as dist
 
 import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
-from models.hornet import set_drop_path
+from models.hornet import set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
 from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint
 from utils.autoanchor import check_anchors
@@ -64,12 +64,14 @@ EXTRA_DEFAULTS = {
     "fl_gamma": 0.0,  # focal loss gamma
     "label_smoothing": 0.0,  # class label smoothing epsilon
     "drop_path": 0.0,  # stochastic depth over the HorBlocks
+    "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
     "autoanchor": True,  # check (and fix) the anchors before training
     "weights": "",  # initial weights: our checkpoint or an official HorNet one
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
 HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
+HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
 
 # Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
@@ -95,6 +97,11 @@ def load_hyp(path) -> dict:
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     for k, v in hyp.items():
+        if isinstance(v, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                hyp[k] = v = float(v)
+            except ValueError:
+                pass
         if k == "optimizer":
             if v not in {"SGD", "Adam", "AdamW"}:
                 raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {v!r}")
@@ -110,6 +117,9 @@ def load_hyp(path) -> dict:
             raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {known}")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
             raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
+        elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
+            low, high = HYP_RANGES[k]
+            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {v!r}")
     return hyp
 
 
@@ -269,6 +279,9 @@ class HorNetTrainer(DetectionTrainer):
         """Our Model from a YAML path or dict, nc from the data; `weights` a path (ours or official HorNet)."""
         model = Model(cfg, ch=self.data.get("channels", 3), nc=self.data["nc"], verbose=verbose and RANK == -1)
         self.set_model_names_for_load(model)
+        layer_scale = float(getattr(self.args, "layer_scale", EXTRA_DEFAULTS["layer_scale"]))
+        if set_layer_scale(model, layer_scale) and layer_scale != EXTRA_DEFAULTS["layer_scale"]:
+            LOGGER.info(f"layer scale: HorBlocks start at {layer_scale:g} (the paper's: 1e-6)")
         if weights and isinstance(weights, (str, Path)):
             self.load_weights(model, weights)
         elif isinstance(weights, torch.nn.Module):
@@ -336,6 +349,25 @@ class HorNetTrainer(DetectionTrainer):
             check_anchors(self.train_loader.dataset, unwrap_model(self.model), thr=self.args.anchor_t, imgsz=self.args.imgsz)
         if self.world_size > 1:  # the other ranks take rank 0's anchors
             dist.broadcast(_head(self.model).anchors, src=0)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """The engine's optimizer, with every 1-D parameter (HorBlock layer scales) moved out of weight decay.
+
+        The official HorNet code decays no 1-D parameter; the engine decays everything that is neither a bias
+        nor inside a *Norm module. Norm weights and biases are already in the engine's decay-free groups.
+        """
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        decayed = next((g for g in optimizer.param_groups if g.get("param_group") == "weight"), None)
+        if decayed is None:
+            return optimizer
+        one_d = [p for p in decayed["params"] if p.ndim <= 1]
+        if one_d:
+            ids = {id(p) for p in one_d}
+            decayed["params"] = [p for p in decayed["params"] if id(p) not in ids]
+            optimizer.add_param_group({**{k: v for k, v in decayed.items() if k != "params"}, "params": one_d,
+                                       "weight_decay": 0.0, "param_group": "no_decay"})
+            LOGGER.info(f"optimizer: {len(one_d)} 1-D weights (layer scales) without weight decay")
+        return optimizer
 
     def get_validator(self):
         self.loss_names = ()  # named by the criterion's dict on the first batch

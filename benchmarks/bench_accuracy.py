@@ -1,0 +1,184 @@
+"""Accuracy table: model YAMLs trained from scratch on one data YAML at one budget over several seeds (issue 11).
+
+    python benchmarks/bench_accuracy.py --data ../shared/datasets/raccoon/data.yaml --scale s --epochs 40 --img 160 --seeds 0 1
+    python benchmarks/bench_accuracy.py --data ../shared/datasets/bccd/data.yaml --scale n --epochs 100 --img 320
+    python benchmarks/bench_accuracy.py --data my.yaml --models yolov5s yolov5s-hornet --set lr0=0.002 --tag lr2e-3
+    python benchmarks/bench_accuracy.py --data my.yaml --scale s --report       # print the table, train nothing
+
+Each run is `train.py` in its own process with the recipe train.py picks for the model (or `--hyp`), plus any
+`--set key=value` hyp overrides (written to the run folder as hyp.yaml). Runs live in
+`--project/<data>/e<epochs>-i<img>/<model>[-<tag>]/seed<k>`, and each finished run's numbers in a small JSON file
+under `--results` (the same sub-path, kept in git: benchmarks/results/accuracy/). A run with a result is skipped,
+an interrupted one is resumed from its last.pt, so the benchmark can be stopped and started again across sessions.
+`--jobs 2` trains two runs at once with one thread each (more runs per hour on 2 cores, s/epoch no longer
+comparable with single runs).
+
+The table: mean and min-max over seeds of the mAP50 and mAP50-95 of best.pt (the metrics of its validation
+epoch, the same weights `val.py` would score), the ratio of the mean mAP50-95 to the plain YOLOv5 model of the
+same scale in the same table, and s/epoch (training + validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench_env import ROOT  # noqa: E402  (offline, project on sys.path; before torch)
+
+import yaml  # noqa: E402
+
+STYLES = ("", "-gnconv", "-horblock", "-hornet", "-hornet-gf", "-horfpn")  # plain YOLOv5 first: the baseline
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset YAML")
+    p.add_argument("--models", nargs="+", default=None, help="model YAML names or paths (default: every style at --scale)")
+    p.add_argument("--scale", default="s", help="with no --models: yolov5<scale> and its five HorNet styles")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--img", type=int, default=160)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--hyp", default=None, help="hyp file for every model (default: the recipe train.py picks per model)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="hyp overrides, e.g. lr0=0.002 layer_scale=1")
+    p.add_argument("--tag", default="", help="name of this variant in the run folders and the table (needed with --set/--hyp)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (threads are split between them)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads in all")
+    p.add_argument("--project", default=str(ROOT / "runs/accuracy"), help="run folders (weights, logs)")
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/accuracy"), help="one JSON per finished run")
+    p.add_argument("--report", action="store_true", help="only print the table of the finished runs")
+    return p.parse_args(argv)
+
+
+def model_path(name: str) -> Path:
+    path = Path(name if name.endswith((".yaml", ".yml")) else f"cfg/{name}.yaml")
+    return path if path.is_absolute() or path.exists() else ROOT / path
+
+
+def data_name(data: str) -> str:
+    path = Path(data)
+    return path.parent.name if path.stem == "data" else path.stem
+
+
+def overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"error: --set {pair}: expected KEY=VALUE")
+        try:
+            out[key] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            out[key] = yaml.safe_load(value)  # a word: optimizer=SGD
+    return out
+
+
+def run_key(opt, model: str, seed: int, tag: str | None = None) -> Path:
+    """<data>/e<epochs>-i<img>/<model>[-<tag>]/seed<k>: the run folder under --project, its result under --results."""
+    tag = opt.tag if tag is None else tag
+    variant = Path(model).stem + (f"-{tag}" if tag else "")
+    return Path(data_name(opt.data)) / f"e{opt.epochs}-i{opt.img}" / variant / f"seed{seed}"
+
+
+def result_file(opt, model: str, seed: int, tag: str | None = None) -> Path:
+    return Path(opt.results) / run_key(opt, model, seed, tag).with_suffix(".json")
+
+
+def train_one(opt, model: str, seed: int, threads: int) -> str:
+    """Train (or resume) one run unless it has a result.json; returns a line for the log."""
+    from train import recipe_for
+
+    folder, result = Path(opt.project) / run_key(opt, model, seed), result_file(opt, model, seed)
+    if result.is_file():
+        return f"done before: {result}"
+    cfg = model_path(model)
+    last = folder / "weights" / "last.pt"
+    if last.is_file():
+        args = ["--resume", str(last)]
+    else:
+        base = Path(opt.hyp) if opt.hyp else recipe_for(cfg)
+        hyp = {**yaml.safe_load(base.read_text()), **overrides(opt.set)}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hyp.yaml").write_text(f"# {base} with --set {' '.join(opt.set) or '(none)'}\n" + yaml.safe_dump(hyp, sort_keys=False))
+        args = ["--cfg", str(cfg), "--data", opt.data, "--hyp", str(folder / "hyp.yaml"), "--epochs", str(opt.epochs),
+                "--img", str(opt.img), "--batch-size", str(opt.batch_size), "--seed", str(seed), "--workers", "2",
+                "--project", str(folder.parent), "--name", folder.name, "--exist-ok", "--noplots"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
+    with open(folder / "train.log", "a") as log:
+        rc = subprocess.call([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc:
+        return f"FAILED (exit {rc}), see {folder / 'train.log'}"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({**read_result(folder), "hyp": yaml.safe_load((folder / "hyp.yaml").read_text())}, indent=1))
+    return f"trained: {folder}"
+
+
+def read_result(folder: Path) -> dict:
+    """mAP50, mAP50-95 of best.pt (its validation epoch) and s/epoch of a finished run folder."""
+    from models.yolo import read_checkpoint
+
+    metrics = read_checkpoint(folder / "weights" / "best.pt").get("train_metrics") or {}
+    with open(folder / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows = [{k.strip(): v for k, v in r.items()} for r in rows]
+    return {
+        "mAP50": float(metrics["metrics/mAP50(B)"]),
+        "mAP50-95": float(metrics["metrics/mAP50-95(B)"]),
+        "s_per_epoch": float(rows[-1]["time"]) / len(rows),
+        "epochs": len(rows),
+    }
+
+
+def results(opt, model: str, tag: str | None = None) -> list[dict]:
+    return [json.loads(p.read_text()) for s in opt.seeds if (p := result_file(opt, model, s, tag)).is_file()]
+
+
+def mean(rs: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in rs)
+
+
+def table(opt, models: list[str]) -> str:
+    """Markdown: one row per model, mean and min-max over the finished seeds; ratios to the untagged YOLOv5."""
+    lines = [f"{data_name(opt.data)}, {opt.epochs} epochs at {opt.img} px, seeds {' '.join(map(str, opt.seeds))}"
+             + (f", variant '{opt.tag}' ({' '.join(opt.set) or opt.hyp})" if opt.tag else ""),
+             "", "| model | runs | mAP50 mean (min-max) | mAP50-95 mean (min-max) | vs YOLOv5 | s/epoch |", "|---|---:|---:|---:|---:|---:|"]
+    for model in models:
+        name, rs = Path(model).stem, results(opt, model)
+        if not rs:
+            lines.append(f"| {name} | 0 | | | | |")
+            continue
+        base = results(opt, name.split("-")[0], tag="")  # yolov5s-hornet -> yolov5s, the plain recipe
+        ratio = f"{mean(rs, 'mAP50-95') / mean(base, 'mAP50-95'):.2f}x" if base and mean(base, "mAP50-95") > 0 else "-"
+        span = lambda k: f"{mean(rs, k):.3f} ({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})"  # noqa: E731
+        lines.append(f"| {name} | {len(rs)} | {span('mAP50')} | {span('mAP50-95')} | {ratio} | {mean(rs, 's_per_epoch'):.1f} |")
+    return "\n".join(lines)
+
+
+def main(opt: argparse.Namespace) -> None:
+    if (opt.set or opt.hyp) and not opt.tag:
+        sys.exit("error: --set/--hyp change the recipe: give the variant a name with --tag")
+    if not Path(opt.data).is_file():
+        sys.exit(f"error: --data: data YAML not found: {opt.data}")
+    models = opt.models or [f"yolov5{opt.scale}{style}" for style in STYLES]
+    for model in models:
+        if not model_path(model).is_file():
+            sys.exit(f"error: --models: model YAML not found: {model_path(model)}")
+    overrides(opt.set)  # check before anything trains
+    if not opt.report:
+        jobs = [(m, s) for s in opt.seeds for m in models]
+        threads = max(opt.threads // opt.jobs, 1)
+        with ThreadPoolExecutor(opt.jobs) as pool:
+            for line in pool.map(lambda job: train_one(opt, *job, threads), jobs):
+                print(line, flush=True)
+    print(table(opt, models))
+
+
+if __name__ == "__main__":
+    main(parse_opt())
