@@ -54,6 +54,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--project", default=str(ROOT / "runs/accuracy"), help="run folders (weights, logs)")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/accuracy"), help="one JSON per finished run")
     p.add_argument("--report", action="store_true", help="only print the table of the finished runs")
+    p.add_argument("--all", action="store_true", help="with --report: every model and variant stored for this data and budget")
     return p.parse_args(argv)
 
 
@@ -144,8 +145,22 @@ def mean(rs: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in rs)
 
 
+def stored_variants(opt) -> list[tuple[str, str]]:
+    """(model, tag) of every variant with results for this data and budget, plain YOLOv5 first."""
+    budget = Path(opt.results) / data_name(opt.data) / f"e{opt.epochs}-i{opt.img}"
+    names = sorted((p.name for p in budget.iterdir() if p.is_dir()), key=lambda n: (n.count("-") > 0, n)) if budget.is_dir() else []
+    variants = []
+    for name in names:  # split 'yolov5s-hornet-lr1e-3' into a model YAML that exists and the tag after it
+        parts = name.split("-")
+        cut = max((i for i in range(1, len(parts) + 1) if model_path("-".join(parts[:i])).is_file()), default=len(parts))
+        variants.append(("-".join(parts[:cut]), "-".join(parts[cut:])))
+    return variants
+
+
 def table(opt, models: list[str]) -> str:
     """Markdown: one row per model, mean and min-max over the finished seeds; ratios to the untagged YOLOv5."""
+    if opt.report and opt.all:
+        return variants_table(opt)
     lines = [f"{data_name(opt.data)}, {opt.epochs} epochs at {opt.img} px, seeds {' '.join(map(str, opt.seeds))}"
              + (f", variant '{opt.tag}' ({' '.join(opt.set) or opt.hyp})" if opt.tag else ""),
              "", "| model | runs | mAP50 mean (min-max) | mAP50-95 mean (min-max) | vs YOLOv5 | s/epoch |", "|---|---:|---:|---:|---:|---:|"]
@@ -158,6 +173,27 @@ def table(opt, models: list[str]) -> str:
         ratio = f"{mean(rs, 'mAP50-95') / mean(base, 'mAP50-95'):.2f}x" if base and mean(base, "mAP50-95") > 0 else "-"
         span = lambda k: f"{mean(rs, k):.3f} ({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})"  # noqa: E731
         lines.append(f"| {name} | {len(rs)} | {span('mAP50')} | {span('mAP50-95')} | {ratio} | {mean(rs, 's_per_epoch'):.1f} |")
+    return "\n".join(lines)
+
+
+def variants_table(opt) -> str:
+    """Markdown: every stored model and variant (tag and its hyp overrides against the family recipe)."""
+    from train import recipe_for
+
+    lines = [f"{data_name(opt.data)}, {opt.epochs} epochs at {opt.img} px, seeds {' '.join(map(str, opt.seeds))}", "",
+             "| model | variant | changes | runs | mAP50 mean (min-max) | mAP50-95 mean (min-max) | vs YOLOv5 | s/epoch |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for model, tag in stored_variants(opt):
+        rs = results(opt, model, tag)
+        if not rs:
+            continue
+        recipe = yaml.safe_load(recipe_for(model_path(model)).read_text())
+        changes = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                            for k, v in rs[0]["hyp"].items() if k in recipe and recipe[k] != v) or "-"
+        base = results(opt, model.split("-")[0], tag="")
+        ratio = f"{mean(rs, 'mAP50-95') / mean(base, 'mAP50-95'):.2f}x" if base and mean(base, "mAP50-95") > 0 else "-"
+        span = lambda k: f"{mean(rs, k):.3f} ({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})"  # noqa: E731
+        lines.append(f"| {model} | {tag or '(recipe)'} | {changes} | {len(rs)} | {span('mAP50')} | {span('mAP50-95')} | {ratio} | {mean(rs, 's_per_epoch'):.1f} |")
     return "\n".join(lines)
 
 
