@@ -601,6 +601,10 @@ class HorNet(nn.Module):
         return self.blocks(self.downsample(x))
 
 
+# The modules whose parameters hyp key hornet_lr_scale slows down; C3HB's own convs are YOLOv5's (BatchNorm): not in it
+HORNET_LAYERS = (gnConv, HorBlock, HorStem, HorDown)
+
+
 def set_layer_scale(model: nn.Module, value: float) -> int:
     """Start every HorBlock's layer scales (gamma1, gamma2) at `value`; returns how many blocks were set.
 

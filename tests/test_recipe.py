@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,17 +19,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 import train  # noqa: E402
-from models.hornet import HorBlock, set_layer_scale  # noqa: E402
+from models.hornet import C3HB, HorBlock, set_layer_scale  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.trainer import HorNetTrainer, HypError, load_hyp  # noqa: E402
 
 
-def groups_of(cfg: str) -> tuple[dict, list]:
-    """{parameter name: (group name, weight decay)} of the trainer's AdamW for a model YAML, and the groups."""
+def groups_of(cfg: str, hornet_lr_scale: float = 1.0) -> tuple[dict, list]:
+    """{parameter name: (group name, weight decay, lr)} of the trainer's AdamW for a model YAML, and the groups."""
     model = Model(cfg, nc=3, verbose=False)
-    trainer = HorNetTrainer.__new__(HorNetTrainer)  # build_optimizer needs no trainer state for a named optimizer
+    trainer = HorNetTrainer.__new__(HorNetTrainer)  # build_optimizer needs only args for a named optimizer
+    trainer.args = SimpleNamespace(hornet_lr_scale=hornet_lr_scale)
     optimizer = trainer.build_optimizer(model, "AdamW", lr=1e-3, momentum=0.9, decay=0.05)
-    group_of = {id(p): (g["param_group"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    group_of = {id(p): (g["param_group"], g["weight_decay"], g["lr"]) for g in optimizer.param_groups for p in g["params"]}
     named = {name: group_of[id(p)] for name, p in model.named_parameters()}
     assert len(named) == len(group_of), "every parameter in exactly one group"
     return named, optimizer.param_groups
@@ -40,20 +42,32 @@ def test_hornet_optimizer_groups_follow_the_official_rule():
     gammas = [n for n in named if n.endswith(("gamma1", "gamma2"))]
     assert len(gammas) == 2 * 6  # [1, 1, 3, 1] blocks in yolov5n-hornet-gf
     for name in gammas:
-        assert named[name] == ("no_decay", 0.0), name
+        assert named[name] == ("no_decay", 0.0, 1e-3), name
     model = Model("cfg/yolov5n-hornet-gf.yaml", nc=3, verbose=False)
     for name, p in model.named_parameters():
         if p.ndim <= 1:  # layer scales, LayerNorm/BatchNorm weights, biases
             assert named[name][1] == 0.0, name
         else:  # conv and linear weights, the Global Filter's complex weight
-            assert named[name] == ("weight", 0.05), name
+            assert named[name] == ("weight", 0.05, 1e-3), name
     assert any(n.endswith("complex_weight") for n in named)
 
 
 def test_plain_yolov5_keeps_the_engine_groups():
     named, groups = groups_of("cfg/yolov5n.yaml")
     assert [g["param_group"] for g in groups] == ["weight", "bn", "bias"]
-    assert all(decay == 0.05 for n, (g, decay) in named.items() if n.endswith("conv.weight"))
+    assert all(decay == 0.05 for n, (g, decay, lr) in named.items() if n.endswith("conv.weight"))
+
+
+def test_hornet_lr_scale_slows_only_the_hornet_layers():
+    named, groups = groups_of("cfg/yolov5n-horblock.yaml", hornet_lr_scale=0.2)
+    plain, _ = groups_of("cfg/yolov5n-horblock.yaml")
+    rows = Model("cfg/yolov5n-horblock.yaml", nc=3, verbose=False).model
+    for name, (group, decay, lr) in named.items():
+        row = rows[int(name.split(".")[1])]  # model.<row>.<...>
+        inside = isinstance(row, C3HB) and ".m." in name  # C3HB's HorBlocks; its cv1/cv2/cv3 are YOLOv5 convs
+        assert lr == pytest.approx(2e-4 if inside else 1e-3), name
+        assert (group, decay) == plain[name][:2], name  # same decay and warm-up treatment as without the scale
+    assert all(g["params"] for g in groups)  # no empty group left behind
 
 
 def test_set_layer_scale_opens_every_block():

@@ -36,7 +36,7 @@ from torch import distributed as dist
 
 import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
-from models.hornet import set_drop_path, set_layer_scale
+from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
 from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint
 from utils.autoanchor import check_anchors
@@ -65,13 +65,14 @@ EXTRA_DEFAULTS = {
     "label_smoothing": 0.0,  # class label smoothing epsilon
     "drop_path": 0.0,  # stochastic depth over the HorBlocks
     "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
+    "hornet_lr_scale": 1.0,  # the HorNet layers' learning rate as a fraction of lr0 (1.0: one rate for all)
     "autoanchor": True,  # check (and fix) the anchors before training
     "weights": "",  # initial weights: our checkpoint or an official HorNet one
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
 HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
-HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99)}  # our keys whose nonsense values would train silently
+HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
 
 # Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
@@ -351,10 +352,13 @@ class HorNetTrainer(DetectionTrainer):
             dist.broadcast(_head(self.model).anchors, src=0)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """The engine's optimizer, with every 1-D parameter (HorBlock layer scales) moved out of weight decay.
+        """The engine's optimizer, with every 1-D parameter (HorBlock layer scales) moved out of weight decay, and
+        the HorNet layers' parameters at `hornet_lr_scale` x the learning rate.
 
         The official HorNet code decays no 1-D parameter; the engine decays everything that is neither a bias
         nor inside a *Norm module. Norm weights and biases are already in the engine's decay-free groups.
+        Split groups keep their `param_group` name, so the engine's warm-up and weight-decay updates treat them
+        as it treats the group they came from; the schedule scales every group's own initial lr.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         decayed = next((g for g in optimizer.param_groups if g.get("param_group") == "weight"), None)
@@ -367,6 +371,16 @@ class HorNetTrainer(DetectionTrainer):
             optimizer.add_param_group({**{k: v for k, v in decayed.items() if k != "params"}, "params": one_d,
                                        "weight_decay": 0.0, "param_group": "no_decay"})
             LOGGER.info(f"optimizer: {len(one_d)} 1-D weights (layer scales) without weight decay")
+        scale = float(getattr(self.args, "hornet_lr_scale", 1.0))
+        if scale != 1.0:  # each group's HorNet-layer parameters become a group of their own at scale x its lr
+            hornet = {id(p) for m in unwrap_model(model).modules() if isinstance(m, HORNET_LAYERS) for p in m.parameters()}
+            for group in list(optimizer.param_groups):
+                slow = [p for p in group["params"] if id(p) in hornet]
+                if slow:
+                    group["params"] = [p for p in group["params"] if id(p) not in hornet]
+                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": slow, "lr": group["lr"] * scale})
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            LOGGER.info(f"optimizer: the HorNet layers' {len(hornet)} tensors at {scale:g} x lr0")
         return optimizer
 
     def get_validator(self):
