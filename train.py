@@ -76,13 +76,14 @@ def is_our_checkpoint(path: str) -> bool:
 
 def model_family(model) -> str:
     """'hornet' if any row of a model YAML or checkpoint of ours is a HorNet layer, else 'yolov5'."""
+    from models.hornet import C3HB, HORNET_LAYERS, HorNet
     from models.registry import REGISTRY
     from models.yolo import load_model_yaml, read_checkpoint
 
     d = read_checkpoint(model)["model_yaml"] if str(model).endswith((".pt", ".pth")) else load_model_yaml(model)
     rows = [*(d.get("backbone") or []), *(d.get("head") or [])]
     names = {row[2] for row in rows if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str)}
-    hornet = any(name in REGISTRY and REGISTRY[name].cls.__module__ == "models.hornet" for name in names)
+    hornet = any(name in REGISTRY and issubclass(REGISTRY[name].cls, (*HORNET_LAYERS, C3HB, HorNet)) for name in names)
     return "hornet" if hornet else "yolov5"
 
 

@@ -134,3 +134,20 @@ def test_train_says_which_recipe_and_hyp_overrides(tmp_path):
         assert not [line for line in seen if line.startswith("hyp: ")]
     finally:
         logging.getLogger("ultralytics").removeHandler(handler)
+
+
+@pytest.mark.parametrize("cfg", ["cfg/yolov5n-hornet.yaml", "cfg/yolov5n-hornet-gf.yaml"])
+def test_paper_stem_is_one_word_away(cfg):
+    """Style 3 ships YOLOv5's ConvStem; HorStem (the paper's 4x4 patchify stem) in its place builds the same outputs."""
+    from models.yolo import load_model_yaml
+
+    d = load_model_yaml(ROOT / cfg)
+    assert d["backbone"][0][2] == "ConvStem"
+    d["backbone"][0][2] = "HorStem"
+    ours, paper = Model(ROOT / cfg, nc=3, verbose=False).eval(), Model(d, nc=3, verbose=False).eval()
+    assert type(paper.model[0]).__name__ == "HorStem"
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        shapes = [[t.shape for t in m(x)[1]] for m in (ours, paper)]
+    assert shapes[0] == shapes[1] and torch.equal(ours.stride, paper.stride)
+    assert sum(p.numel() for p in ours.model[1:].parameters()) == sum(p.numel() for p in paper.model[1:].parameters())

@@ -184,7 +184,7 @@ def test_defaults_work_from_any_directory(tmp_path, monkeypatch):
     o = train.overrides_from(train.parse_opt(["--project", str(tmp_path)]))
     assert Path(o["model"]) == ROOT / "cfg/yolov5s-hornet.yaml" and Path(o["data"]) == ROOT / "data/shapes.yaml"
     assert Path(o["hyp"]) == ROOT / "data/hyps/hyp.hornet.yaml"  # the default hyp (see README, Hyperparameter files)
-    assert o["optimizer"] == "AdamW" and o["nbs"] == 16 and o["lr0"] == 0.005
+    assert o["optimizer"] == "AdamW" and o["nbs"] == 16 and o["lr0"] == 0.001
 
 
 def test_run_folders_increment(tmp_path):
