@@ -5,7 +5,8 @@ The paper authors publish classifiers as `{'model': state_dict}` with keys such 
 `stages.2.5.gnconv.proj_in.weight` (block 5 of stage 2), plus the classifier `norm.*` and `head.*`.
 
 A model YAML writes the same backbone as rows, at any row indices:
-- `HorStem` / `HorDown` rows take `downsample_layers.0..3`, in the order the rows come;
+- `HorStem` / `HorDown` rows take `downsample_layers.0..3`, in the order the rows come (a `ConvStem` first row
+  stands in for `downsample_layers.0`, which is then left unused);
 - `HorBlock` rows (one block, or an nn.Sequential of blocks when number > 1) take `stages.0..3`, in order;
 - a YOLOAir-style `HorNet` row with index k takes both `downsample_layers.k` (its `.downsample`)
   and `stages.k` (its `.blocks`).
@@ -71,7 +72,7 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
     row, a slot already taken). Rows are walked in order; a `HorNet` row with index k sets both counters
     to k + 1, so plain rows after it continue with the next stage.
     """
-    from models.hornet import HorBlock, HorDown, HorNet, HorStem  # here, not at the top: hornet.py re-exports us
+    from models.hornet import ConvStem, HorBlock, HorDown, HorNet, HorStem  # here, not at the top: hornet.py re-exports us
 
     slots, extra = {}, []
     next_down = next_stage = 0
@@ -89,6 +90,9 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
             for j, block in enumerate(m.blocks):
                 claim(f"stages.{k}.{j}", (i, kind, block))
             next_down, next_stage = max(next_down, k + 1), max(next_stage, k + 1)
+        elif isinstance(m, ConvStem) and next_down == 0:  # YOLOv5's stem where the official one stood
+            extra.append((i, f"row {i} {kind}: YOLOv5's stem in place of downsample_layers.0, keeps its own weights"))
+            next_down = 1
         elif isinstance(m, (HorStem, HorDown)):
             if next_down > 3:
                 extra.append((i, f"row {i} {kind}: the official network has only downsample_layers.0-3"))

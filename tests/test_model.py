@@ -234,6 +234,6 @@ def test_summary_command_prints_rows_and_totals():
     )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
-    assert "HorStem" in text and "HorBlock" in text and "2,642,077 parameters" in text
+    assert "ConvStem" in text and "HorBlock" in text and "2,646,877 parameters" in text
     bad = subprocess.run([sys.executable, "models/yolo.py", "--cfg", "cfg/nope.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "cfg/nope.yaml" in bad.stderr

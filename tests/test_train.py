@@ -261,13 +261,22 @@ def test_weights_official_hornet_checkpoint(tmp_path):
     """--weights with an official HorNet ImageNet checkpoint goes to models.hornet_weights (into the HorNet rows)."""
     from models.hornet_weights import to_official_state_dict
 
-    src = Model("cfg/yolov5n-hornet.yaml", nc=6, verbose=False)
+    from models.yolo import load_model_yaml
+
+    paper = load_model_yaml("cfg/yolov5n-hornet.yaml")
+    paper["backbone"][0][2] = "HorStem"  # the paper's stem, as official weights have it
+    src = Model(paper, nc=6, verbose=False)
     f = tmp_path / "hornet_official.pth"
     torch.save({"model": to_official_state_dict(src)}, f)
-    dst = Model("cfg/yolov5n-hornet.yaml", nc=6, verbose=False)
+    dst = Model(paper, nc=6, verbose=False)
     assert not torch.equal(dst.model[1].state_dict()["gnconv.proj_in.weight"], src.model[1].state_dict()["gnconv.proj_in.weight"])
     report = HorNetTrainer.load_weights(dst, f)
     assert report["loaded"] > 0 and 0 in report["rows"]
     for i in range(8):  # stem, stages and downsampling rows of the backbone
         for k, v in src.model[i].state_dict().items():
             assert torch.equal(v, dst.model[i].state_dict()[k]), (i, k)
+    # the shipped YAML's ConvStem keeps its own weights; the stages still load, the official stem is reported unused
+    ours = Model("cfg/yolov5n-hornet.yaml", nc=6, verbose=False)
+    report = HorNetTrainer.load_weights(ours, f)
+    assert sorted(report["rows"]) == list(range(1, 8)) and report["unused"] == ["downsample_layers.0"]
+    assert any("ConvStem" in why for why in report["not_covered"])
