@@ -1,0 +1,69 @@
+"""benchmarks/bench_accuracy.py without training: run keys, skipping finished runs, the tables' means and ratios."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_accuracy as bench  # noqa: E402
+
+
+def store(opt, model, seed, tag, map50, map5095, hyp_changes=None):
+    recipe = yaml.safe_load((ROOT / "data/hyps/hyp.hornet.yaml").read_text()) if "-" in model else \
+        yaml.safe_load((ROOT / "data/hyps/hyp.scratch-adamw.yaml").read_text())
+    f = bench.result_file(opt, model, seed, tag)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"mAP50": map50, "mAP50-95": map5095, "s_per_epoch": 5.0, "epochs": 40,
+                             "hyp": {**recipe, **(hyp_changes or {})}}))
+
+
+@pytest.fixture
+def opt(tmp_path):
+    data = tmp_path / "raccoon" / "data.yaml"
+    data.parent.mkdir()
+    data.write_text("train: images\nval: images\nnames: {0: raccoon}\n")
+    return bench.parse_opt(["--data", str(data), "--seeds", "0", "1", "--results", str(tmp_path / "results"),
+                            "--project", str(tmp_path / "runs"), "--report"])
+
+
+def test_run_key_names_data_budget_variant_seed(opt):
+    assert str(bench.run_key(opt, "yolov5s-hornet", 1)) == "raccoon/e40-i160/yolov5s-hornet/seed1"
+    assert str(bench.run_key(opt, "cfg/yolov5s.yaml", 0, tag="lr2e-3")) == "raccoon/e40-i160/yolov5s-lr2e-3/seed0"
+
+
+def test_finished_run_is_skipped(opt):
+    store(opt, "yolov5s", 0, "", 0.5, 0.2)
+    assert bench.train_one(opt, "yolov5s", 0, threads=1).startswith("done before")
+
+
+def test_table_means_spans_and_ratio_to_plain_yolov5(opt):
+    store(opt, "yolov5s", 0, "", 0.50, 0.20)
+    store(opt, "yolov5s", 1, "", 0.40, 0.10)
+    store(opt, "yolov5s-horfpn", 0, "", 0.70, 0.30)
+    store(opt, "yolov5s-horfpn", 1, "", 0.60, 0.15)
+    lines = bench.table(opt, ["yolov5s", "yolov5s-horfpn", "yolov5s-gnconv"]).splitlines()
+    assert "| yolov5s | 2 | 0.450 (0.400-0.500) | 0.150 (0.100-0.200) | 1.00x | 5.0 |" in lines
+    assert "| yolov5s-horfpn | 2 | 0.650 (0.600-0.700) | 0.225 (0.150-0.300) | 1.50x | 5.0 |" in lines
+    assert "| yolov5s-gnconv | 0 | | | | |" in lines  # not run yet: listed, no numbers
+
+
+def test_all_variants_split_model_and_tag_and_name_the_changes(opt):
+    store(opt, "yolov5s", 0, "", 0.5, 0.2)
+    store(opt, "yolov5s-hornet-gf", 0, "lr2e-3", 0.6, 0.3, {"lr0": 0.002})
+    opt.all = True
+    text = bench.table(opt, [])
+    assert "| yolov5s-hornet-gf | lr2e-3 | lr0 0.002 | 1 | 0.600 (0.600-0.600) | 0.300 (0.300-0.300) | 1.50x | 5.0 |" in text
+    assert "| yolov5s | (recipe) | - | 1 |" in text
+
+
+def test_set_needs_a_tag(opt):
+    opt.report, opt.set = False, ["lr0=0.002"]
+    with pytest.raises(SystemExit, match="--tag"):
+        bench.main(opt)
