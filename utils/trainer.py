@@ -361,9 +361,7 @@ class HorNetTrainer(DetectionTrainer):
         as it treats the group they came from; the schedule scales every group's own initial lr.
         """
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        decayed = next((g for g in optimizer.param_groups if g.get("param_group") == "weight"), None)
-        if decayed is None:
-            return optimizer
+        decayed = next((g for g in optimizer.param_groups if g.get("param_group") == "weight"), {"params": []})
         one_d = [p for p in decayed["params"] if p.ndim <= 1]
         if one_d:
             ids = {id(p) for p in one_d}
