@@ -151,3 +151,13 @@ def test_paper_stem_is_one_word_away(cfg):
         shapes = [[t.shape for t in m(x)[1]] for m in (ours, paper)]
     assert shapes[0] == shapes[1] and torch.equal(ours.stride, paper.stride)
     assert sum(p.numel() for p in ours.model[1:].parameters()) == sum(p.numel() for p in paper.model[1:].parameters())
+
+
+@pytest.mark.parametrize("args", [["abc"], [0], []])
+def test_bad_conv_stem_row_names_file_and_row(args):
+    from models.yolo import ModelConfigError, load_model_yaml
+
+    d = load_model_yaml(ROOT / "cfg/yolov5n-hornet.yaml")
+    d["backbone"][0][3] = args
+    with pytest.raises(ModelConfigError, match=r"yolov5n-hornet.yaml: row 0 .*ConvStem.*output width"):
+        Model(d, nc=3, verbose=False)
