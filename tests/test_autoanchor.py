@@ -43,6 +43,19 @@ def test_label_wh_scales_to_imgsz(dataset):
     np.testing.assert_allclose(wh[0], [first[2] * 320, first[3] * 240], rtol=1e-5)  # 640x480 -> 320x240
 
 
+def test_label_wh_reads_the_image_when_rect_training_dropped_the_shape(tmp_path):
+    """--rect: the engine pops each label's "shape"; the sizes come from the image files instead."""
+    from PIL import Image
+
+    f = tmp_path / "a.jpg"
+    Image.new("RGB", (640, 480)).save(f)
+    box = np.array([[0.5, 0.5, 0.25, 0.5]], np.float32)
+    with_shape = types.SimpleNamespace(labels=[{"bboxes": box, "shape": (480, 640)}])
+    rect = types.SimpleNamespace(labels=[{"bboxes": box, "im_file": str(f)}])
+    np.testing.assert_allclose(label_wh(rect, imgsz=320, augment=False), label_wh(with_shape, imgsz=320, augment=False))
+    np.testing.assert_allclose(label_wh(rect, imgsz=320, augment=False), [[80, 120]])
+
+
 def test_bad_anchors_are_replaced(dataset):
     model = model_with(TINY_ANCHORS)
     before = pixel_anchors(model).clone()

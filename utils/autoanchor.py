@@ -21,13 +21,24 @@ PREFIX = colorstr("AutoAnchor: ")
 BPR_OK = 0.98  # YOLOv5's threshold: above it the anchors are left alone
 
 
+def image_hw(path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, EXIF rotation applied, as the engine measures it."""
+    from PIL import Image
+    from ultralytics.data.utils import exif_size
+
+    with Image.open(path) as im:
+        w, h = exif_size(im)
+    return h, w
+
+
 def label_wh(dataset, imgsz: int = 640, rng: np.random.Generator | None = None, augment: bool = True) -> np.ndarray:
     """Widths and heights (N, 2) in pixels of all boxes of an ultralytics YOLODataset, at training size.
 
     Each image is letterboxed so its longer side is `imgsz`, so a box of normalised width bw in an image of
     width w is bw * w * imgsz / max(h, w) pixels wide. With `augment`, each image's boxes are also scaled by
     a random factor in [0.9, 1.1], a stand-in for the scale augmentation the boxes will see in training.
-    `dataset` is anything with `.labels`: dicts with "bboxes" (n, 4) normalised xywh and "shape" (h, w).
+    `dataset` is anything with `.labels`: dicts with "bboxes" (n, 4) normalised xywh and "shape" (h, w), or
+    "im_file" when there is no "shape" (rectangular training: the engine's `set_rectangle` pops it).
     """
     rng = rng or np.random.default_rng(0)
     imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # (h, w) sizes: the letterbox's longer side
@@ -36,7 +47,7 @@ def label_wh(dataset, imgsz: int = 640, rng: np.random.Generator | None = None, 
         boxes = np.asarray(label.get("bboxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
         if not len(boxes):
             continue
-        h, w = label["shape"][:2]
+        h, w = label["shape"][:2] if "shape" in label else image_hw(label["im_file"])
         size = np.array([w, h], dtype=np.float64) * imgsz / max(h, w)  # letterboxed image (w, h)
         scale = rng.uniform(0.9, 1.1) if augment else 1.0
         out.append(boxes[:, 2:4] * size * scale)
