@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.trainer import HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
 
@@ -103,6 +104,9 @@ def model_of(opt: argparse.Namespace) -> str:
     """The model to build: --cfg, else the model of a checkpoint of ours in --weights, else the default YAML."""
     if opt.weights and not Path(opt.weights).is_file():
         raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
+    if opt.weights and Path(opt.weights).suffix.lower() not in {".pt", ".pth"}:
+        raise CheckpointError(f"--weights {opt.weights}: an exported model cannot seed training: give a .pt checkpoint "
+                              "(ours, or official HorNet ImageNet weights)")
     if opt.cfg is None and is_our_checkpoint(opt.weights):
         return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
     model = opt.cfg or in_repo(DEFAULT_CFG)
@@ -197,5 +201,5 @@ def run(**kwargs) -> HorNetTrainer:
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (FileNotFoundError, HypError) as e:
+    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")

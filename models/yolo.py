@@ -18,6 +18,7 @@ import operator
 import os
 import re
 import sys
+import zipfile
 from copy import deepcopy
 from pathlib import Path
 
@@ -41,6 +42,10 @@ from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
 class ModelConfigError(ValueError):
     """A model YAML that cannot be built; the message names the file and the row."""
+
+
+class CheckpointError(ValueError):
+    """A weights file that is not a checkpoint train.py wrote; the message names the file and why."""
 
 
 # --- reading a YAML ----------------------------------------------------------------------------
@@ -280,10 +285,13 @@ def read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        why = "it holds pickled objects that weights_only=True refuses" if "weights_only" in str(e) else "not a torch file"
-        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
+        with open(path, "rb") as f:
+            legacy_pickle = f.read(1) == b"\x80"
+        torch_file = legacy_pickle or zipfile.is_zipfile(path)  # torch's zip format, or its older pickle format
+        why = "it holds pickled objects that weights_only=True refuses" if torch_file and "weights_only" in str(e) else "not a torch file"
+        raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
+        raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
     return ckpt
 
 

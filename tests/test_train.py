@@ -280,3 +280,22 @@ def test_weights_official_hornet_checkpoint(tmp_path):
     report = HorNetTrainer.load_weights(ours, f)
     assert sorted(report["rows"]) == list(range(1, 8)) and report["unused"] == ["downsample_layers.0"]
     assert any("ConvStem" in why for why in report["not_covered"])
+
+
+@pytest.mark.parametrize("case", ["onnx", "text", "bad_cfg"])
+def test_user_mistakes_are_one_line_errors(tmp_path, case):
+    """An exported model or a non-torch file as --weights, a YAML with an unknown module: one line, exit 1."""
+    args = {
+        "onnx": ["--weights", str(tmp_path / "best.onnx")],
+        "text": ["--weights", str(tmp_path / "notes.pt")],
+        "bad_cfg": ["--cfg", str(tmp_path / "bad.yaml")],
+    }[case]
+    (tmp_path / "best.onnx").write_bytes(b"\x08\x07onnx")
+    (tmp_path / "notes.pt").write_text("not weights")
+    (tmp_path / "bad.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detectt, [nc]]]\n")
+    out = subprocess.run([sys.executable, "train.py", *args, "--project", str(tmp_path / "runs"), "--epochs", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "YOLO_OFFLINE": "1"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    expected = {"onnx": "exported model cannot seed training", "text": "not a torch file", "bad_cfg": "unknown module 'Detectt'"}[case]
+    assert len(error) == 1 and expected in error[0] and (str(tmp_path) in error[0]), out.stderr
