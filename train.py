@@ -133,7 +133,9 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     hyp.pop("optimizer", None)
     hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
     if not Path(opt.data).is_file():
-        raise FileNotFoundError(f"--data: data YAML not found: {opt.data}")
+        from utils.data import list_data_yamls
+
+        raise FileNotFoundError(f"--data: data YAML not found: {opt.data} (dataset YAMLs in data/: {list_data_yamls()})")
     # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given
     torchrun = os.environ.get("LOCAL_RANK") is not None
     save_dir = increment_run_dir(project, opt.name, opt.exist_ok or torchrun)

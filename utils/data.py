@@ -36,7 +36,7 @@ _CORRUPT = "ignoring corrupt image/label"  # text of ultralytics' message for fi
 
 
 # ---------------------------------------------------------------------------------------------------- data YAMLs
-def _list_data_yamls() -> str:
+def list_data_yamls() -> str:
     """The dataset YAMLs shipped in data/, for error messages."""
     found = sorted(p.name for p in DATA_DIR.glob("*.y*ml")) if DATA_DIR.is_dir() else []
     return ", ".join(f"data/{n}" for n in found) or "none"
@@ -65,7 +65,7 @@ def load_data_config(path, autodownload: bool = True) -> dict:
     if not file.is_file():
         raise FileNotFoundError(
             f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
-            f"Dataset YAMLs in {DATA_DIR}: {_list_data_yamls()}"
+            f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
         )
     try:
         data = check_det_dataset(str(file), autodownload=autodownload)
