@@ -34,6 +34,7 @@ from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402
 from ultralytics.utils.files import increment_path  # noqa: E402
 from utils.predict import HorNetPredictor, SourceError, default_source, newest_weights, resolve_source  # noqa: E402
+from utils.trainer import check_device  # noqa: E402
 
 EXPORTED = {".onnx", ".torchscript"}
 
@@ -89,6 +90,7 @@ def run(
     if view_img and not check_imshow(warn=False):
         LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
         view_img = False
+    check_device(device)
     model = load_weights(weights, device)
     size = list(imgsz) if len(imgsz) == 2 else [imgsz[0], imgsz[0]]
     overrides = {

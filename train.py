@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
-from utils.trainer import HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
+from utils.trainer import DeviceError, HorNetTrainer, HypError, check_device, increment_run_dir, load_hyp  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
 HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
@@ -120,6 +120,7 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     # The defaults (data/shapes.yaml, data/hyps/..., cfg/...) work from any working directory, as in YOLOv5.
     opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
+    check_device(opt.device)
     if opt.resume:
         return {"resume": opt.resume, "project": project, "device": opt.device or None}
     model = model_of(opt)
@@ -203,5 +204,5 @@ def run(**kwargs) -> HorNetTrainer:
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError) as e:
+    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError) as e:
         sys.exit(f"error: {e}")

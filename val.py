@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402
-from utils.trainer import HorNetValidator, increment_run_dir  # noqa: E402
+from utils.trainer import HorNetValidator, check_device, increment_run_dir  # noqa: E402
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -64,6 +64,7 @@ def main(opt: argparse.Namespace) -> dict:
 
         if not (yaml.safe_load(Path(opt.data).read_text()) or {}).get("test"):
             raise ValueError(f"--task test: {opt.data} has no 'test' split")
+    check_device(opt.device)
     speed = opt.task == "speed"
     save_dir = increment_run_dir(Path(opt.project).resolve(), opt.name, opt.exist_ok)
     args = {

@@ -198,6 +198,8 @@ def test_bad_inputs_name_the_culprit(assets, tmp_path):
         run(assets, tmp_path, weights=junk, source=assets["images"])
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         run(assets, tmp_path, weights=tmp_path / "nothere.pt", source=assets["images"])
+    with pytest.raises(ValueError, match="^--device 99: "):  # the flag at fault, not the weights
+        run(assets, tmp_path, device="99", source=assets["images"])
     garbage = tmp_path / "garbage.avi"
     garbage.write_bytes(os.urandom(4000))
     with pytest.raises(SourceError, match="garbage.avi"):

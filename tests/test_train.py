@@ -282,13 +282,14 @@ def test_weights_official_hornet_checkpoint(tmp_path):
     assert any("ConvStem" in why for why in report["not_covered"])
 
 
-@pytest.mark.parametrize("case", ["onnx", "text", "bad_cfg"])
+@pytest.mark.parametrize("case", ["onnx", "text", "bad_cfg", "device"])
 def test_user_mistakes_are_one_line_errors(tmp_path, case):
     """An exported model or a non-torch file as --weights, a YAML with an unknown module: one line, exit 1."""
     args = {
         "onnx": ["--weights", str(tmp_path / "best.onnx")],
         "text": ["--weights", str(tmp_path / "notes.pt")],
         "bad_cfg": ["--cfg", str(tmp_path / "bad.yaml")],
+        "device": ["--device", "99"],  # no machine here has a hundred GPUs
     }[case]
     (tmp_path / "best.onnx").write_bytes(b"\x08\x07onnx")
     (tmp_path / "notes.pt").write_text("not weights")
@@ -297,5 +298,6 @@ def test_user_mistakes_are_one_line_errors(tmp_path, case):
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "YOLO_OFFLINE": "1"})
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    expected = {"onnx": "exported model cannot seed training", "text": "not a torch file", "bad_cfg": "unknown module 'Detectt'"}[case]
-    assert len(error) == 1 and expected in error[0] and (str(tmp_path) in error[0]), out.stderr
+    expected = {"onnx": "exported model cannot seed training", "text": "not a torch file", "bad_cfg": "unknown module 'Detectt'",
+                "device": "--device 99: "}[case]
+    assert len(error) == 1 and expected in error[0] and (case == "device" or str(tmp_path) in error[0]), out.stderr

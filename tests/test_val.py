@@ -91,3 +91,5 @@ def test_val_bad_input(setup, tmp_path):
     foreign.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="foreign.pt"):
         val.run(weights=str(foreign), data=str(data), project=str(tmp_path))
+    with pytest.raises(ValueError, match="^--device 99: "):
+        val.run(weights=str(best), data=str(data), device="99", project=str(tmp_path))

@@ -124,6 +124,22 @@ def load_hyp(path) -> dict:
     return hyp
 
 
+class DeviceError(ValueError):
+    """A --device this machine cannot run on ('0' without a GPU, a GPU index too high); the message names the flag."""
+
+
+def check_device(device) -> None:
+    """Raise DeviceError naming --device when this machine cannot run on it."""
+    if device in (None, "", "cpu"):
+        return
+    from ultralytics.utils.torch_utils import select_device
+
+    try:
+        select_device(str(device), verbose=False)
+    except ValueError as e:
+        raise DeviceError(f"--device {device}: {str(e).splitlines()[0]}") from None
+
+
 def plain(x):
     """`x` with numpy scalars, paths, tuples and other objects turned into what weights_only loading accepts."""
     if isinstance(x, dict):
