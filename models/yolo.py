@@ -288,7 +288,7 @@ def read_checkpoint(path) -> dict:
         with open(path, "rb") as f:
             legacy_pickle = f.read(1) == b"\x80"
         torch_file = legacy_pickle or zipfile.is_zipfile(path)  # torch's zip format, or its older pickle format
-        why = "it holds pickled objects that weights_only=True refuses" if torch_file and "weights_only" in str(e) else "not a torch file"
+        why = "it holds pickled objects that weights_only=True refuses" if torch_file and "weights_only" in str(e) else "not a torch file, or a truncated one"
         raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
