@@ -297,7 +297,7 @@ class HorNetTrainer(DetectionTrainer):
         model = Model(cfg, ch=self.data.get("channels", 3), nc=self.data["nc"], verbose=verbose and RANK == -1)
         self.set_model_names_for_load(model)
         layer_scale = float(getattr(self.args, "layer_scale", EXTRA_DEFAULTS["layer_scale"]))
-        if set_layer_scale(model, layer_scale) and layer_scale != EXTRA_DEFAULTS["layer_scale"]:
+        if layer_scale != EXTRA_DEFAULTS["layer_scale"] and set_layer_scale(model, layer_scale):  # the blocks' own init is 1e-6
             LOGGER.info(f"layer scale: HorBlocks start at {layer_scale:g} (the paper's: 1e-6)")
         if weights and isinstance(weights, (str, Path)):
             self.load_weights(model, weights)
