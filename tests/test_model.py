@@ -237,3 +237,21 @@ def test_summary_command_prints_rows_and_totals():
     assert "ConvStem" in text and "HorBlock" in text and "2,646,877 parameters" in text
     bad = subprocess.run([sys.executable, "models/yolo.py", "--cfg", "cfg/nope.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "cfg/nope.yaml" in bad.stderr
+
+
+def test_anchor_free_head_does_not_depend_on_models_built_before():
+    """ultralytics' parser sets the class attribute Detect.legacy; our build must not pick it up (issue 12 row 18)."""
+    from ultralytics.nn.modules import Detect
+
+    d = yaml.safe_load(YOLOV5) | {"depth_multiple": 0.33, "width_multiple": 0.25}
+    d["head"][-1] = [[17, 20, 23], 1, "Detect", ["nc"]]
+    fresh = n_params(Model(deepcopy(d), verbose=False))
+    saved = Detect.legacy
+    try:
+        for legacy in (True, False):
+            Detect.legacy = legacy  # what ultralytics' parse_model leaves behind after a v5/v8 or a YOLO11 YAML
+            model = Model(deepcopy(d), verbose=False)
+            assert n_params(model) == fresh
+            assert model.model[-1].legacy is False
+    finally:
+        Detect.legacy = saved
