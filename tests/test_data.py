@@ -201,6 +201,23 @@ def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch
     assert not (repo / "datasets").exists()
 
 
+def test_load_data_config_builds_the_embedded_set_without_naming_wrong_folders(tmp_path, monkeypatch, log_lines):
+    """The engine's download path logs a 'missing path' inside the repo and 'saved to' its datasets dir: neither
+    is where the set goes (issue 12 row 17). load_data_config builds it first and names only the right folder."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "utils").mkdir()
+    yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train=600, n_val=150, imgsz=320", "n_train=4, n_val=3, imgsz=64")
+    (repo / "data" / "shapes.yaml").write_text(yaml_text)
+    shutil.copy(ROOT / "utils" / "shapes.py", repo / "utils" / "shapes.py")
+    monkeypatch.chdir(tmp_path)
+    data = load_data_config(repo / "data" / "shapes.yaml")
+    expected = (tmp_path / "datasets" / "shapes" / "images" / "val").resolve()
+    assert Path(data["val"]) == expected and len(list(expected.glob("*.jpg"))) == 3
+    said = " ".join(text for _, text in log_lines)
+    assert "missing path" not in said and "saved to" not in said
+
+
 def test_load_data_config_rebuilds_a_set_from_an_older_generator(tmp_path):
     """A shapes set made by an older utils/shapes.py is regenerated (same arguments) instead of trained on."""
     import json

@@ -67,6 +67,8 @@ def load_data_config(path, autodownload: bool = True) -> dict:
             f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
             f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
         )
+    if autodownload:
+        _build_embedded_set(file)
     try:
         data = check_det_dataset(str(file), autodownload=autodownload)
     except FileNotFoundError as e:  # ultralytics names the dataset by the string it got; say which YAML and why
@@ -89,6 +91,23 @@ def load_data_config(path, autodownload: bool = True) -> dict:
                     break
                 raise FileNotFoundError(msg)
     return data
+
+
+def _build_embedded_set(file: Path) -> None:
+    """Run the `download:` step of a YAML that generates the embedded set, when its val images are missing.
+
+    The engine would run the same step, but around it log a 'missing path' and a 'saved to' that both name
+    folders where the data is not (it resolves the YAML's relative paths before the step, and names its own
+    datasets dir after it).
+    """
+    import yaml
+
+    raw = yaml.safe_load(file.read_text()) or {}
+    step, val = raw.get("download"), raw.get("val")
+    if not (isinstance(step, str) and "make_shapes_dataset" in step and isinstance(val, str)) or raw.get("path"):
+        return
+    if not (file.parent / val).exists():
+        exec(step, {"yaml": {**raw, "yaml_file": str(file)}})  # the YAML's own step, as the engine runs it
 
 
 def _refresh_shapes_set(data: dict) -> None:
