@@ -32,9 +32,8 @@ import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402
-from ultralytics.utils.files import increment_path  # noqa: E402
-from utils.predict import HorNetPredictor, SourceError, default_source, newest_weights, resolve_source  # noqa: E402
-from utils.trainer import check_device  # noqa: E402
+from utils.predict import HorNetPredictor, SourceError, default_source, is_stream, newest_weights, resolve_source  # noqa: E402
+from utils.trainer import check_device, increment_run_dir, warn_overwrite  # noqa: E402
 
 EXPORTED = {".onnx", ".torchscript"}
 
@@ -85,63 +84,72 @@ def run(
     (bad source), ConnectionError (a stream that does not open): each message names the thing at fault.
     """
     weights = Path(weights) if weights else newest_weights()
-    save_dir = increment_path(Path(project).resolve() / name, exist_ok=exist_ok, sep="")  # exp, exp2, ... like YOLOv5
-    source = resolve_source(source if source is not None else default_source(data), save_dir)
-    if view_img and not check_imshow(warn=False):
-        LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
-        view_img = False
-    check_device(device)
-    model = load_weights(weights, device)
-    size = list(imgsz) if len(imgsz) == 2 else [imgsz[0], imgsz[0]]
-    overrides = {
-        "task": "detect",
-        "mode": "predict",
-        "data": str(data) if data else None,
-        "imgsz": size,
-        "conf": conf_thres,
-        "iou": iou_thres,
-        "max_det": max_det,
-        "device": device or None,
-        "show": view_img,
-        "save": not nosave,
-        "save_txt": save_txt,
-        "save_conf": save_conf,
-        "save_crop": save_crop,
-        "classes": classes,
-        "agnostic_nms": agnostic_nms,
-        "augment": augment,
-        "project": str(save_dir.parent),
-        "name": save_dir.name,
-        "exist_ok": True,  # save_dir is already incremented above
-        "line_width": line_thickness,
-        "show_labels": not hide_labels,
-        "show_conf": not hide_conf,
-        "quantize": 16 if half else None,
-        "vid_stride": vid_stride,
-        "stream_buffer": stream_buffer,
-        "batch": 1,
-        "rect": True,  # minimal letterbox padding (YOLOv5's auto=True) where the model takes any size
-        "verbose": True,
-    }
-    predictor = HorNetPredictor(overrides=overrides)
+    if exist_ok:
+        warn_overwrite(Path(project).resolve() / name)
+    save_dir = increment_run_dir(Path(project).resolve(), name, exist_ok)  # exp, exp2, ...: made here, one per run
     try:
-        predictor.setup_model(model, verbose=False)
-    except Exception as e:  # an .onnx/.torchscript file that its runtime cannot read
-        raise ValueError(f"{weights} could not be loaded as a model: {str(e).splitlines()[0]}") from e
-    if half and predictor.model.device.type == "cpu":
-        LOGGER.warning("--half needs a GPU (--device 0): running float32 on CPU")
-    fixed = getattr(predictor.model, "imgsz", None)
-    if fixed and not getattr(predictor.model, "dynamic", False) and list(fixed) != size:
-        LOGGER.info(f"{weights.name} was exported for --imgsz {fixed[0]} {fixed[1]}: using that size")
-    LOGGER.info(f"{colorstr('detect:')} weights={weights} source={source} save_dir={save_dir}")
-    try:
-        predictor.predict_cli(source=source)
-    except FileNotFoundError as e:
-        if str(e).startswith("Failed to open video"):  # a later file of a folder/list that OpenCV cannot decode
-            raise SourceError(f"{e}: the file is corrupt or in a format OpenCV cannot read; outputs so far are saved") from e
+        source = resolve_source(source if source is not None else default_source(data), save_dir)
+        if view_img and not check_imshow(warn=False):
+            LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
+            view_img = False
+        check_device(device)
+        model = load_weights(weights, device)
+        size = list(imgsz) if len(imgsz) == 2 else [imgsz[0], imgsz[0]]
+        overrides = {
+            "task": "detect",
+            "mode": "predict",
+            "data": str(data) if data else None,
+            "imgsz": size,
+            "conf": conf_thres,
+            "iou": iou_thres,
+            "max_det": max_det,
+            "device": device or None,
+            "show": view_img,
+            "save": not nosave,
+            "save_txt": save_txt,
+            "save_conf": save_conf,
+            "save_crop": save_crop,
+            "classes": classes,
+            "agnostic_nms": agnostic_nms,
+            "augment": augment,
+            "project": str(save_dir.parent),
+            "name": save_dir.name,
+            "exist_ok": True,  # save_dir is already incremented above
+            "line_width": line_thickness,
+            "show_labels": not hide_labels,
+            "show_conf": not hide_conf,
+            "quantize": 16 if half else None,
+            "vid_stride": vid_stride,
+            "stream_buffer": stream_buffer,
+            "batch": 1,
+            "rect": True,  # minimal letterbox padding (YOLOv5's auto=True) where the model takes any size
+            "verbose": True,
+        }
+        predictor = HorNetPredictor(overrides=overrides)
+        try:
+            predictor.setup_model(model, verbose=False)
+        except Exception as e:  # an .onnx/.torchscript file that its runtime cannot read
+            raise ValueError(f"{weights} could not be loaded as a model: {str(e).splitlines()[0]}") from e
+        if half and predictor.model.device.type == "cpu":
+            LOGGER.warning("--half needs a GPU (--device 0): running float32 on CPU")
+        fixed = getattr(predictor.model, "imgsz", None)
+        if fixed and not getattr(predictor.model, "dynamic", False) and list(fixed) != size:
+            LOGGER.info(f"{weights.name} was exported for --imgsz {fixed[0]} {fixed[1]}: using that size")
+        LOGGER.info(f"{colorstr('detect:')} weights={weights} source={source} save_dir={save_dir}")
+        try:
+            predictor.predict_cli(source=source)
+        except FileNotFoundError as e:
+            if str(e).startswith("Failed to open video"):  # a later file of a folder/list that OpenCV cannot decode
+                raise SourceError(f"{e}: the file is corrupt or in a format OpenCV cannot read; outputs so far are saved") from e
+            raise
+        if predictor.seen == 0 and not is_stream(source) and not source.lower().startswith("screen"):
+            raise SourceError(f"--source {source}: no image or video frame could be read (empty or corrupt files?)")
+        for path, (got, total) in predictor.incomplete_videos().items():  # only after a run that reached the end
+            LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")
+    except BaseException:
+        if not exist_ok and not any(save_dir.iterdir()):  # a run that wrote nothing leaves no folder behind
+            save_dir.rmdir()
         raise
-    for path, (got, total) in predictor.incomplete_videos().items():  # only after a run that reached the end
-        LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")
     return predictor
 
 

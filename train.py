@@ -26,10 +26,22 @@ if str(ROOT) not in sys.path:
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
-from utils.trainer import DeviceError, HorNetTrainer, HypError, check_device, increment_run_dir, load_hyp  # noqa: E402
+from utils.trainer import (  # noqa: E402
+    DeviceError,
+    HorNetTrainer,
+    HypError,
+    ResumeError,
+    check_device,
+    discard_unused_run_dir,
+    increment_run_dir,
+    load_hyp,
+    warn_overwrite,
+)
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
 HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
+# Flags a resumed run may change (they do not change the results); it takes the rest from its checkpoint.
+RESUME_FLAGS = {"resume", "device", "workers", "cache", "project"}
 # The recipe train.py picks when --hyp is not given (measured per family: README, "Accuracy on real photos")
 RECIPES = {"hornet": ROOT / "data/hyps/hyp.hornet.yaml", "yolov5": ROOT / "data/hyps/hyp.scratch-adamw.yaml"}
 
@@ -115,13 +127,23 @@ def model_of(opt: argparse.Namespace) -> str:
     return model
 
 
+def ignored_by_resume(opt: argparse.Namespace) -> list[str]:
+    """The flags given with --resume that it will not use, by their long names (--epochs, --imgsz, ...)."""
+    defaults = vars(parse_opt([]))
+    return [f"--{k.replace('_', '-')}" for k, v in vars(opt).items() if k not in RESUME_FLAGS and v != defaults.get(k)]
+
+
 def overrides_from(opt: argparse.Namespace) -> dict:
     """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names)."""
+    ignored = ignored_by_resume(opt) if opt.resume else []
     # The defaults (data/shapes.yaml, data/hyps/..., cfg/...) work from any working directory, as in YOLOv5.
     opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     check_device(opt.device)
     if opt.resume:
+        if ignored:
+            LOGGER.warning(f"--resume: ignoring {' '.join(ignored)}: a resumed run keeps the arguments it started with "
+                           "(only --device, --workers and --cache may change)")
         return {"resume": opt.resume, "project": project, "device": opt.device or None}
     model = model_of(opt)
     if opt.hyp is None:
@@ -139,6 +161,8 @@ def overrides_from(opt: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"--data: data YAML not found: {opt.data} (dataset YAMLs in data/: {list_data_yamls()})")
     # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given
     torchrun = os.environ.get("LOCAL_RANK") is not None
+    if opt.exist_ok and not torchrun:
+        warn_overwrite(Path(project) / opt.name)
     save_dir = increment_run_dir(project, opt.name, opt.exist_ok or torchrun)
     freeze = opt.freeze[0] if len(opt.freeze) == 1 else list(opt.freeze)
     overrides = {
@@ -186,9 +210,36 @@ def overrides_from(opt: argparse.Namespace) -> dict:
 
 
 def main(opt: argparse.Namespace) -> HorNetTrainer:
-    trainer = HorNetTrainer(overrides=overrides_from(opt))
-    trainer.train()
+    """Train; a run folder made here is removed again when the run stops before saving anything.
+
+    On Ctrl-C raises KeyboardInterrupt whose message says where training stopped and what --resume will do.
+    """
+    overrides = overrides_from(opt)
+    trainer = None
+    try:
+        trainer = HorNetTrainer(overrides=overrides)
+        trainer.train()
+    except BaseException as e:
+        made_here = not opt.resume and not opt.exist_ok and "save_dir" in overrides
+        removed = made_here and discard_unused_run_dir(overrides["save_dir"])
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(stop_note(trainer, removed)) from None
+        raise
     return trainer
+
+
+def stop_note(trainer: HorNetTrainer | None, removed: bool) -> str:
+    """Where a Ctrl-C stopped training, and what --resume will do."""
+    if trainer is None or not hasattr(trainer, "epochs"):
+        return "stopped (Ctrl-C) before training started"
+    where = f"stopped (Ctrl-C) in epoch {trainer.epoch + 1}/{trainer.epochs}"
+    if trainer.last.is_file():
+        from models.yolo import read_checkpoint
+
+        saved = read_checkpoint(trainer.last).get("epoch", -1) + 1
+        return f"{where}; python train.py --resume {trainer.last} goes on from epoch {saved + 1}"
+    gone = f" ({trainer.save_dir} removed)" if removed else ""
+    return f"{where}, before the first checkpoint (written after each epoch): nothing to resume{gone}"
 
 
 def run(**kwargs) -> HorNetTrainer:
@@ -204,5 +255,8 @@ def run(**kwargs) -> HorNetTrainer:
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError) as e:
+    except KeyboardInterrupt as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(130)
+    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError, ResumeError) as e:
         sys.exit(f"error: {e}")

@@ -18,20 +18,23 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402
-from utils.trainer import HorNetValidator, check_device, increment_run_dir  # noqa: E402
+from utils.predict import newest_weights  # noqa: E402
+from utils.trainer import HorNetValidator, check_device, discard_unused_run_dir, increment_run_dir, warn_overwrite  # noqa: E402
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
     """YOLOv5's val.py flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
-    p.add_argument("--weights", type=str, default=str(ROOT / "runs/train/exp/weights/best.pt"), help="model: .pt checkpoint or exported file")
+    p.add_argument("--weights", type=str, default=None, help="model: .pt checkpoint or exported file (default: the newest runs/train/*/weights/best.pt)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
@@ -53,9 +56,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> dict:
     """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes."""
-    weights = Path(opt.weights)
+    weights = Path(opt.weights) if opt.weights else newest_weights()
     if not weights.exists():
         raise FileNotFoundError(f"--weights: not found: {weights}")
+    if weights.suffix != ".pt":
+        check_exported(weights)
     # clear errors naming the YAML, builds the embedded set when missing, finds a relative path from the repo root
     opt.data = load_data_config(opt.data)["yaml_file"]
 
@@ -65,8 +70,40 @@ def main(opt: argparse.Namespace) -> dict:
         if not (yaml.safe_load(Path(opt.data).read_text()) or {}).get("test"):
             raise ValueError(f"--task test: {opt.data} has no 'test' split")
     check_device(opt.device)
-    speed = opt.task == "speed"
+    if opt.exist_ok:
+        warn_overwrite(Path(opt.project).resolve() / opt.name)
     save_dir = increment_run_dir(Path(opt.project).resolve(), opt.name, opt.exist_ok)
+    try:
+        metrics, speeds = validate(opt, weights, save_dir)
+    except BaseException:
+        if not opt.exist_ok:
+            discard_unused_run_dir(save_dir)
+        raise
+    print(
+        f"P {metrics.get('metrics/precision(B)', 0):.4g}  R {metrics.get('metrics/recall(B)', 0):.4g}  "
+        f"mAP50 {metrics.get('metrics/mAP50(B)', 0):.4g}  mAP50-95 {metrics.get('metrics/mAP50-95(B)', 0):.4g}  "
+        f"speed {speeds['preprocess']:.1f}ms pre-process, {speeds['inference']:.1f}ms inference, {speeds['postprocess']:.1f}ms NMS per image"
+    )
+    metrics["speed"] = dict(speeds)
+    metrics["save_dir"] = str(save_dir)
+    return metrics
+
+
+def check_exported(weights: Path) -> None:
+    """ValueError naming an exported model file that its runtime cannot load (corrupt, truncated, not a model)."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    try:
+        AutoBackend(str(weights), device=torch.device("cpu"), verbose=False)
+    except Exception as e:
+        while e.__cause__ is not None:  # the runtime's own reason, not the engine's re-export advice
+            e = e.__cause__
+        raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def validate(opt: argparse.Namespace, weights: Path, save_dir: Path) -> tuple[dict, dict]:
+    """Run the validator into `save_dir`; returns its metrics and speeds."""
+    speed = opt.task == "speed"
     args = {
         "task": "detect",
         "mode": "val",
@@ -100,15 +137,7 @@ def main(opt: argparse.Namespace) -> dict:
         args["model"] = str(weights)
         validator = HorNetValidator(save_dir=save_dir, args=args)
         metrics = validator()
-    s = validator.speed
-    print(
-        f"P {metrics.get('metrics/precision(B)', 0):.4g}  R {metrics.get('metrics/recall(B)', 0):.4g}  "
-        f"mAP50 {metrics.get('metrics/mAP50(B)', 0):.4g}  mAP50-95 {metrics.get('metrics/mAP50-95(B)', 0):.4g}  "
-        f"speed {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['postprocess']:.1f}ms NMS per image"
-    )
-    metrics["speed"] = dict(s)
-    metrics["save_dir"] = str(save_dir)
-    return metrics
+    return metrics, validator.speed
 
 
 def run(**kwargs) -> dict:

@@ -212,6 +212,85 @@ def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Pat
     raise RuntimeError(f"no free run folder for {project / name}")
 
 
+class ResumeError(ValueError):
+    """A --resume that cannot go on: the run finished, or another process is still training it."""
+
+
+def lock_run(save_dir):
+    """Hold an exclusive lock on `save_dir/.lock` while this process lives (the OS drops it however we die).
+
+    Returns the open lock file (keep it), or None where file locks do not exist (Windows). Raises ResumeError
+    naming the process that holds the lock: two trainings in one folder would interleave their epochs.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(Path(save_dir) / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise ResumeError(f"{save_dir} is still training in process {pid}: wait for it to finish or stop it (kill {pid}) first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def run_results(path) -> list[str]:
+    """What an earlier run left in the folder `path` (results.csv, weights, predictions, labels), relative names."""
+    path = Path(path)
+    found = [p for pattern in ("results.csv", "predictions.json", "weights/*.pt", "labels/*.txt") for p in sorted(path.glob(pattern))]
+    return [str(p.relative_to(path)) for p in found]
+
+
+def warn_overwrite(path) -> None:
+    """One line naming what --exist-ok is about to overwrite in an earlier run's folder."""
+    found = run_results(path)
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        LOGGER.warning(f"--exist-ok: {path} holds an earlier run; its {shown} will be overwritten")
+
+
+def discard_unused_run_dir(path) -> bool:
+    """Remove a run folder this process made when the run stopped before writing any result into it."""
+    path = Path(path)
+    if not path.is_dir() or run_results(path):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    LOGGER.info(f"removed {path}: the run stopped before it saved any result")
+    return True
+
+
+def keep_epochs(csv, last_epoch: int) -> int:
+    """Drop the rows of results.csv after `last_epoch` (1-based) and any torn row; returns how many were dropped.
+
+    The engine writes an epoch's row before its last.pt, so a run killed between the two has a row that
+    last.pt does not hold, and resuming would write that epoch again.
+    """
+    csv = Path(csv)
+    if not csv.is_file():
+        return 0
+    header, *rows = csv.read_text(encoding="utf-8").splitlines() or [""]
+
+    def held(row: str) -> bool:
+        try:
+            return row.count(",") == header.count(",") and float(row.split(",")[0]) <= last_epoch
+        except ValueError:
+            return False
+
+    keep = [r for r in rows if held(r)]
+    if len(keep) < len(rows):
+        tmp = csv.with_name(csv.name + ".tmp")
+        tmp.write_text("\n".join([header, *keep]) + "\n", encoding="utf-8")
+        os.replace(tmp, csv)
+    return len(rows) - len(keep)
+
+
 def _head(model) -> torch.nn.Module:
     return unwrap_model(model).model[-1]
 
@@ -243,10 +322,30 @@ class HorNetTrainer(DetectionTrainer):
         # Our keys would fail the engine's key check: set them aside, put them on args in check_resume
         self._extras = {k: overrides.pop(k) for k in list(overrides) if k in EXTRA_DEFAULTS}
         self._anchors_checked = False
+        self._lock = None
         super().__init__(cfg, overrides, _callbacks)
+        if RANK == -1 and self._lock is None:  # a DDP launch's workers run under the parent's lock
+            self._lock = lock_run(self.save_dir)
+        self._batch_ends = []
+        self.add_callback("on_train_batch_end", HorNetTrainer.say_run_time)
         if LOCAL_RANK != -1 and os.environ.get("WORLD_SIZE"):
             # started by torchrun (several machines): the process group spans all nodes, not just this one's devices
             self.world_size = int(os.environ["WORLD_SIZE"])
+
+    def say_run_time(self) -> None:
+        """After the first few batches, one line with the whole run's training time; on a CPU, a quick command."""
+        nb = len(self.train_loader)
+        self._batch_ends.append(time.time())  # from the first batch's end: the first batch pays for warm-up
+        n = len(self._batch_ends)
+        if n != min(6, nb) or n == 1 or RANK not in {-1, 0}:
+            return
+        epochs = self.epochs - self.start_epoch
+        seconds = (self._batch_ends[-1] - self._batch_ends[0]) / (n - 1) * nb * epochs
+        took = f"{seconds / 3600:.1f} hours" if seconds > 5400 else f"{max(seconds / 60, 1):.0f} min"
+        line = f"\nestimated: about {took} for {epochs} epochs of {nb} batches, plus validation"
+        if self.device.type == "cpu" and seconds > 1800 and str(self.args.model).endswith((".yaml", ".yml")):
+            line += f"; on a CPU, try a quick run first: python train.py --cfg {self.args.model} --img 160 --epochs 15"
+        LOGGER.info(line)
 
     # --- args, resume ----------------------------------------------------------------------------------
 
@@ -265,7 +364,12 @@ class HorNetTrainer(DetectionTrainer):
         ckpt = read_checkpoint(last)
         args = dict(ckpt.get("train_args") or {})
         if not args:
-            raise ValueError(f"{last}: has no training args to resume with (a stripped, finished run?)")
+            raise ResumeError(f"{last}: has no training args to resume with (not a last.pt of train.py?)")
+        if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) + 1 >= args.get("epochs", 0):
+            raise ResumeError(f"--resume {last}: that run is finished (epoch {ckpt.get('epoch', -1) + 1} of {args.get('epochs')}), "
+                              f"nothing to resume; to train on from its weights: python train.py --weights {last} --epochs N")
+        if RANK == -1:
+            self._lock = lock_run(last.resolve().parent.parent)
         extras = {k: args.pop(k) for k in list(args) if k in EXTRA_DEFAULTS}
         args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
         for k in RESUME_ALLOWED & set(overrides):
@@ -479,6 +583,10 @@ class HorNetTrainer(DetectionTrainer):
         """Continue at the epoch after the checkpoint's; results.csv's time column goes on from where it stopped."""
         super().resume_training(ckpt)
         if ckpt is not None and self.resume:
+            dropped = keep_epochs(self.csv, self.start_epoch)
+            if dropped:
+                LOGGER.info(f"results.csv: dropped {dropped} row(s) after epoch {self.start_epoch}, which last.pt does not hold "
+                            "(the run stopped between writing the two)")
             done = float(ckpt.get("train_time") or 0.0)
             self.add_callback("on_train_start", lambda t: setattr(t, "train_time_start", t.train_time_start - done))
 
