@@ -221,24 +221,24 @@ def main(opt: argparse.Namespace) -> HorNetTrainer:
         trainer.train()
     except BaseException as e:
         made_here = not opt.resume and not opt.exist_ok and "save_dir" in overrides
-        removed = made_here and discard_unused_run_dir(overrides["save_dir"])
+        removed = overrides["save_dir"] if made_here and discard_unused_run_dir(overrides["save_dir"]) else None
         if isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt(stop_note(trainer, removed)) from None
         raise
     return trainer
 
 
-def stop_note(trainer: HorNetTrainer | None, removed: bool) -> str:
+def stop_note(trainer: HorNetTrainer | None, removed: str | None) -> str:
     """Where a Ctrl-C stopped training, and what --resume will do."""
-    if trainer is None or not hasattr(trainer, "epochs"):
-        return "stopped (Ctrl-C) before training started"
+    gone = f" ({removed} removed)" if removed else ""
+    if trainer is None or not hasattr(trainer, "epoch"):
+        return f"stopped (Ctrl-C) before training started: nothing to resume{gone}"
     where = f"stopped (Ctrl-C) in epoch {trainer.epoch + 1}/{trainer.epochs}"
     if trainer.last.is_file():
         from models.yolo import read_checkpoint
 
         saved = read_checkpoint(trainer.last).get("epoch", -1) + 1
         return f"{where}; python train.py --resume {trainer.last} goes on from epoch {saved + 1}"
-    gone = f" ({trainer.save_dir} removed)" if removed else ""
     return f"{where}, before the first checkpoint (written after each epoch): nothing to resume{gone}"
 
 

@@ -341,7 +341,7 @@ class HorNetTrainer(DetectionTrainer):
             return
         epochs = self.epochs - self.start_epoch
         seconds = (self._batch_ends[-1] - self._batch_ends[0]) / (n - 1) * nb * epochs
-        took = f"{seconds / 3600:.1f} hours" if seconds > 5400 else f"{max(seconds / 60, 1):.0f} min"
+        took = f"{seconds / 3600:.1f} hours" if seconds > 5400 else f"{seconds / 60:.0f} min" if seconds > 60 else "a minute or less"
         line = f"\nestimated: about {took} for {epochs} epochs of {nb} batches, plus validation"
         if self.device.type == "cpu" and seconds > 1800 and str(self.args.model).endswith((".yaml", ".yml")):
             line += f"; on a CPU, try a quick run first: python train.py --cfg {self.args.model} --img 160 --epochs 15"

@@ -1,0 +1,285 @@
+"""Fault injection and user mistakes: what train/val/detect/export do when killed, interrupted or given bad input.
+
+- A tiny training (64 px, 8 images this file makes) is SIGKILLed at random instants, some of them while a
+  checkpoint is being written; after every kill last.pt loads with weights_only=True and --resume goes on,
+  and at the end results.csv holds each epoch exactly once with its time column going forward.
+  HORNET_FAULT_KILLS=40 python -m pytest tests/test_faults.py runs a longer version (default: 6 kills, < 1 min).
+- Ctrl-C: one line saying where training stopped and what --resume will do, exit 130.
+- Every script, given the user mistakes of issue 12: one line naming the file or flag, exit 1, no traceback,
+  and no run folder left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models.yolo import read_checkpoint
+from utils.trainer import ResumeError, increment_run_dir, keep_epochs, lock_run
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+KILLS = int(os.environ.get("HORNET_FAULT_KILLS", 6))
+EPOCHS = 12
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 train + 4 val shapes images at 64 px and their data YAML."""
+    from utils.shapes import CLASSES, make_shapes_dataset
+
+    root = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, imgsz=64, seed=3)
+    f = root / "data.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASSES))}))
+    return f
+
+
+def epochs_in(csv: Path) -> list[int]:
+    return [int(float(line.split(",")[0])) for line in csv.read_text().splitlines()[1:]] if csv.is_file() else []
+
+
+def train_cmd(*args) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *args]
+
+
+def start(cmd) -> subprocess.Popen:
+    # SIGINT restored: a shell that started this test in the background may have set it to ignored
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def kill_when(proc: subprocess.Popen, run: Path, rng: random.Random) -> str:
+    """SIGKILL `proc` at a random instant of its training; returns when it was: 'checkpoint write' or 'epoch'."""
+    tmp, csv = run / "weights" / "last.pt.tmp", run / "results.csv"
+    mid_write = rng.random() < 0.5
+    rows = len(epochs_in(csv))
+    while proc.poll() is None:
+        if mid_write and tmp.exists():  # torch.save is writing the next last.pt
+            break
+        if not mid_write and len(epochs_in(csv)) > rows:  # an epoch row just landed: somewhere after it
+            time.sleep(rng.uniform(0.0, 0.4))
+            break
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    return "checkpoint write" if mid_write and tmp.exists() else "epoch"
+
+
+def test_sigkill_at_random_instants_then_resume(tiny_data, tmp_path):
+    """last.pt always loads weights_only and results.csv never holds an epoch twice, whenever the kill comes."""
+    rng = random.Random(0)
+    project = tmp_path / "runs"
+    run = project / "exp"
+    args = ["--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", str(EPOCHS), "--img", "64",
+            "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project)]
+    kills, when = 0, []
+    proc = start(train_cmd(*args))
+    while kills < KILLS:
+        when.append(kill_when(proc, run, rng))
+        kills += 1
+        last = run / "weights" / "last.pt"
+        if last.is_file():
+            ckpt = torch.load(last, weights_only=True)  # never half a file
+            if ckpt.get("optimizer") is None:  # it finished before the kill came: start the count again
+                break
+            # results.csv is at most one row ahead of last.pt (written first); --resume drops that row
+            assert epochs_in(run / "results.csv")[: ckpt["epoch"] + 1] == list(range(1, ckpt["epoch"] + 2))
+            proc = start(train_cmd("--resume", str(last)))
+        else:  # killed before the first checkpoint: nothing to resume, start again in the same folder
+            proc = start(train_cmd(*args, "--exist-ok"))
+    if proc.poll() is None:
+        proc.wait(timeout=300)
+    last = run / "weights" / "last.pt"
+    if read_checkpoint(last).get("optimizer") is not None:  # finish what the last kill left
+        r = subprocess.run(train_cmd("--resume", str(last)), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert epochs_in(run / "results.csv") == list(range(1, EPOCHS + 1)), (when, (run / "results.csv").read_text())
+    times = [float(line.split(",")[1]) for line in (run / "results.csv").read_text().splitlines()[1:]]
+    assert times == sorted(times)
+    assert torch.load(last, weights_only=True)["epoch"] == EPOCHS - 1
+    assert kills >= min(KILLS, 3), when
+
+
+def test_ctrl_c_says_where_it_stopped_and_what_resume_does(tiny_data, tmp_path):
+    """Ctrl-C before the first checkpoint: nothing to resume, folder removed; after one: the --resume command."""
+    project = tmp_path / "runs"
+    args = ["--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", "200", "--img", "64", "--batch-size", "4",
+            "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project)]
+    for name, after_checkpoint in (("early", False), ("late", True)):
+        proc = start(train_cmd(*args, "--name", name))
+        trigger = project / name / "weights" / "last.pt" if after_checkpoint else project / name / "args.yaml"
+        while proc.poll() is None and not trigger.exists():
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=120)[1]
+        assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("train.py: stopped (Ctrl-C)"), line
+        if after_checkpoint:
+            assert f"in epoch" in line and f"--resume {project / name / 'weights' / 'last.pt'} goes on from epoch" in line
+        else:  # during start-up or epoch 1
+            assert "nothing to resume" in line and f"{project / name} removed" in line and not (project / name).exists()
+
+
+def test_results_csv_trimmed_to_the_checkpoint(tmp_path):
+    """keep_epochs drops rows after last.pt's epoch and a torn last row, and keeps the header and the rest."""
+    csv = tmp_path / "results.csv"
+    csv.write_text("epoch,time,loss\n1,1.0,0.5\n2,2.0,0.4\n3,3.0,0.3\n4,4.")
+    assert keep_epochs(csv, 2) == 2
+    assert csv.read_text() == "epoch,time,loss\n1,1.0,0.5\n2,2.0,0.4\n"
+    assert keep_epochs(csv, 2) == 0
+
+
+def test_run_lock_names_the_live_process(tmp_path):
+    """A second lock on a run folder (a --resume of a run that still trains) fails naming the holder's pid."""
+    held = lock_run(tmp_path)
+    try:
+        with pytest.raises(ResumeError, match=f"still training in process {os.getpid()}"):
+            lock_run(tmp_path)
+    finally:
+        held.close()
+    lock_run(tmp_path).close()  # free again once the holder is gone
+
+
+def test_concurrent_run_folders_are_distinct(tmp_path):
+    """Runs started together (detect.py, train.py, val.py all use increment_run_dir) each get their own folder."""
+    barrier = threading.Barrier(8)
+
+    def make(_):
+        barrier.wait()
+        return increment_run_dir(tmp_path, "exp")
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(make, range(8)))
+    assert len(set(folders)) == 8 and all(f.is_dir() for f in folders)
+
+
+@pytest.fixture(scope="module")
+def mistakes(tiny_data, tmp_path_factory) -> dict:
+    """Files for the user-mistake table: a finished run, truncated/pickled/text .pt, corrupt .onnx and images."""
+    d = tmp_path_factory.mktemp("mistakes")
+    r = subprocess.run(train_cmd("--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", "1", "--img", "64",
+                                 "--workers", "0", "--noplots", "--project", str(d / "runs")), cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = d / "runs" / "exp" / "weights" / "best.pt"
+    (d / "truncated.pt").write_bytes(best.read_bytes()[:5000])
+    torch.save({"model": torch.nn.Linear(2, 2)}, d / "pickled.pt")
+    (d / "notes.pt").write_text("not weights")
+    (d / "corrupt.onnx").write_bytes(os.urandom(4000))
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "bad.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detectt, [nc]]]\n")
+    return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
+
+
+# script, arguments ({dir}, {best}, {last}, {data} filled in), what the one error line must say
+MISTAKES = {
+    "train-bad-yaml": ("train.py", "--cfg {dir}/bad.yaml", "unknown module 'Detectt'"),
+    "train-truncated": ("train.py", "--weights {dir}/truncated.pt", "truncated"),
+    "train-pickled": ("train.py", "--weights {dir}/pickled.pt", "pickled objects"),
+    "train-text": ("train.py", "--weights {dir}/notes.pt", "not a torch file"),
+    "train-onnx": ("train.py", "--weights {dir}/corrupt.onnx", "exported model cannot seed training"),
+    "train-device": ("train.py", "--device 99", "--device 99"),
+    "train-finished": ("train.py", "--resume {last}", "that run is finished"),
+    "train-data": ("train.py", "--data coco128.yaml", "data/shapes.yaml"),
+    "val-onnx": ("val.py", "--weights {dir}/corrupt.onnx --data {data}", "corrupt.onnx: cannot be loaded"),
+    "val-text": ("val.py", "--weights {dir}/notes.pt --data {data}", "not a torch file"),
+    "val-data": ("val.py", "--weights {best} --data coco128.yaml", "data YAML not found"),
+    "val-device": ("val.py", "--weights {best} --data {data} --device 99", "--device 99"),
+    "detect-corrupt-image": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg", "no image or video frame could be read"),
+    "detect-empty-image": ("detect.py", "--weights {best} --source {dir}/empty.jpg", "no image or video frame could be read"),
+    "detect-onnx": ("detect.py", "--weights {dir}/corrupt.onnx --source {dir}/corrupt.jpg", "corrupt.onnx"),
+    "detect-device": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --device 99", "--device 99"),
+    "export-text": ("export.py", "--weights {dir}/notes.pt", "not a torch file"),
+}
+
+
+def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
+    """Each mistake: exit 1, no traceback, one line naming the file or flag, and no run folder left behind."""
+    d = mistakes["dir"]
+
+    def attempt(case):
+        script, args, expected = MISTAKES[case]
+        project = d / "projects" / case
+        argv = args.format(**mistakes).split() + ([] if script == "export.py" else ["--project", str(project)])
+        if script == "train.py":
+            argv += ["--epochs", "1", "--img", "64"]
+        r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        return case, r, expected, project
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(attempt, MISTAKES))
+    failures = []
+    for case, r, expected, project in results:
+        said = r.stdout + r.stderr  # detect.py and export.py report through the ultralytics logger (stdout)
+        lines = [line for line in said.splitlines() if expected in line]
+        left = [p for p in project.glob("*") if p.is_dir()] if project.is_dir() else []
+        if r.returncode != 1 or "Traceback" in said or not lines or left:
+            failures.append(f"{case}: exit {r.returncode}, left {left}, output tail:\n{said[-1500:]}")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture
+def said():
+    """What the ultralytics logger says during a test (it does not propagate to pytest's caplog)."""
+    import logging
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ultralytics")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+def test_resume_names_the_flags_it_ignores():
+    """--resume with --epochs/--img: named as ignored; --device/--workers/--cache may change and are not named."""
+    import train
+
+    opt = train.parse_opt(["--resume", "--epochs", "5", "--img", "128", "--device", "cpu", "--workers", "2", "--cache"])
+    assert train.ignored_by_resume(opt) == ["--epochs", "--imgsz"]
+    assert train.ignored_by_resume(train.parse_opt(["--resume", "runs/train/exp/weights/last.pt"])) == []
+
+
+def test_exist_ok_names_what_it_overwrites(tmp_path, said):
+    from utils.trainer import warn_overwrite
+
+    warn_overwrite(tmp_path / "exp")  # no earlier run: nothing to say
+    (tmp_path / "exp" / "weights").mkdir(parents=True)
+    (tmp_path / "exp" / "results.csv").write_text("epoch\n1\n")
+    (tmp_path / "exp" / "weights" / "last.pt").write_bytes(b"")
+    warn_overwrite(tmp_path / "exp")
+    assert len(said) == 1
+    assert said[0].endswith(f"--exist-ok: {tmp_path / 'exp'} holds an earlier run; its results.csv, weights/last.pt will be overwritten")
+
+
+def test_val_without_weights_takes_the_newest_best(mistakes, monkeypatch, tmp_path):
+    """val.py with no --weights validates the newest runs/train/*/weights/best.pt (as detect.py and export.py do)."""
+    import shutil
+
+    import val
+    from utils.predict import newest_weights
+
+    runs = tmp_path / "train"
+    for age, name in ((100, "exp"), (10, "exp2")):  # exp2's file is the newer one
+        (runs / name / "weights").mkdir(parents=True)
+        shutil.copy(mistakes["best"], runs / name / "weights" / "best.pt")
+        os.utime(runs / name / "weights" / "best.pt", (time.time() - age, time.time() - age))
+    monkeypatch.setattr(val, "newest_weights", lambda: newest_weights(runs))
+    picked = []
+    monkeypatch.setattr(val, "validate", lambda opt, weights, save_dir: picked.append(weights) or ({}, {"preprocess": 0, "inference": 0, "postprocess": 0}))
+    val.run(data=str(mistakes["data"]), project=str(tmp_path / "val"))
+    assert picked == [runs / "exp2" / "weights" / "best.pt"]
