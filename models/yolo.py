@@ -53,6 +53,13 @@ class CheckpointError(ValueError):
 SCALE_IN_NAME = re.compile(r"^(yolov5)([nslmx])(.*)$")  # yolov5s-hornet -> yolov5 + s + -hornet
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: where (line, column) and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
 def load_model_yaml(cfg) -> dict:
     """A model dict from a dict or a path; `yolov5s-x.yaml` may be scale 's' of a `yolov5-x.yaml` with `scales:`."""
     if isinstance(cfg, dict):
@@ -68,7 +75,7 @@ def load_model_yaml(cfg) -> dict:
     try:
         d = yaml.safe_load(unified.read_text())
     except yaml.YAMLError as e:
-        raise ModelConfigError(f"{unified}: not valid YAML: {e}") from None
+        raise ModelConfigError(f"{unified}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(d, dict):
         raise ModelConfigError(f"{unified}: a model YAML must be a mapping with nc, backbone and head")
     if "scales" in d and match and "scale" not in d:

@@ -181,12 +181,18 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
     (d / "empty.jpg").write_bytes(b"")
     (d / "bad.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detectt, [nc]]]\n")
+    (d / "bad_from.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[5, 1, Detect, [nc]]]\n")
+    (d / "no_head.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\n")
+    (d / "broken.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]\nhead: [\n")
     return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
 
 
 # script, arguments ({dir}, {best}, {last}, {data} filled in), what the one error line must say
 MISTAKES = {
     "train-bad-yaml": ("train.py", "--cfg {dir}/bad.yaml", "unknown module 'Detectt'"),
+    "train-bad-from": ("train.py", "--cfg {dir}/bad_from.yaml", "'from' index 5 is out of range"),
+    "train-no-head": ("train.py", "--cfg {dir}/no_head.yaml", "missing 'head'"),
+    "train-broken-yaml": ("train.py", "--cfg {dir}/broken.yaml", "not valid YAML: line 3"),
     "train-truncated": ("train.py", "--weights {dir}/truncated.pt", "truncated"),
     "train-pickled": ("train.py", "--weights {dir}/pickled.pt", "pickled objects"),
     "train-text": ("train.py", "--weights {dir}/notes.pt", "not a torch file"),

@@ -38,7 +38,7 @@ import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
-from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint
+from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint, yaml_problem
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
 from ultralytics import __version__
@@ -94,7 +94,7 @@ def load_hyp(path) -> dict:
     try:
         hyp = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise HypError(f"{path}: not valid YAML: {e}") from None
+        raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     for k, v in hyp.items():
