@@ -38,6 +38,7 @@ from utils.export import (  # noqa: E402
     torchscript_output,
 )
 from utils.predict import newest_weights  # noqa: E402
+from utils.trainer import check_device  # noqa: E402
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
 TOLERANCE = 1e-3  # largest accepted |ONNX - PyTorch| on scores, and on boxes as a fraction of the image size
@@ -84,6 +85,7 @@ def run(
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
+    check_device(device)
     device = select_device(device, verbose=False)
     if half and device.type == "cpu":
         LOGGER.warning("--half needs a GPU (--device 0): half-precision inference is not supported on CPU, exporting float32")

@@ -209,6 +209,9 @@ MISTAKES = {
     "detect-onnx": ("detect.py", "--weights {dir}/corrupt.onnx --source {dir}/corrupt.jpg", "corrupt.onnx"),
     "detect-device": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --device 99", "--device 99"),
     "export-text": ("export.py", "--weights {dir}/notes.pt", "not a torch file"),
+    "export-onnx": ("export.py", "--weights {dir}/corrupt.onnx", "not a HorNet-YOLOv5 checkpoint"),
+    "export-device": ("export.py", "--weights {best} --device 99", "--device 99: "),
+    "export-format": ("export.py", "--weights {best} --include tflite", "supported formats are"),
 }
 
 
@@ -289,3 +292,15 @@ def test_val_without_weights_takes_the_newest_best(mistakes, monkeypatch, tmp_pa
     monkeypatch.setattr(val, "validate", lambda opt, weights, save_dir: picked.append(weights) or ({}, {"preprocess": 0, "inference": 0, "postprocess": 0}))
     val.run(data=str(mistakes["data"]), project=str(tmp_path / "val"))
     assert picked == [runs / "exp2" / "weights" / "best.pt"]
+
+
+def test_detect_runs_started_together_get_their_own_folders(mistakes, tmp_path):
+    """Two detect.py runs at once: exp and exp2, each with its own annotated image (issue 12 row 6)."""
+    image = next((mistakes["data"].parent / "images" / "val").glob("*.jpg"))
+    cmd = [sys.executable, "detect.py", "--weights", str(mistakes["best"]), "--source", str(image), "--img", "64",
+           "--project", str(tmp_path / "detect")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    assert sorted(p.name for p in (tmp_path / "detect").iterdir()) == ["exp", "exp2"]
+    assert all((tmp_path / "detect" / name / image.name).is_file() for name in ("exp", "exp2"))
