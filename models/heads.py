@@ -89,7 +89,7 @@ class AnchorDetect(nn.Module):
             self.anchors[:] = self.anchors.flip(0)
 
 
-def anchor_free_detect(nc: int, ch: tuple, legacy: bool = False) -> Detect:
+def anchor_free_detect(nc: int, ch: tuple, legacy: bool, reg_max: int = 16, end2end: bool = False) -> Detect:
     """ultralytics' Detect with its head layout fixed by `legacy`, whatever was built before in this process.
 
     Detect reads the class attribute `legacy` in __init__, and ultralytics' own parser sets that attribute for
@@ -98,7 +98,7 @@ def anchor_free_detect(nc: int, ch: tuple, legacy: bool = False) -> Detect:
     saved = Detect.legacy
     Detect.legacy = legacy
     try:
-        head = Detect(nc, ch=ch)
+        head = Detect(nc, reg_max, bool(end2end), ch=ch)
     finally:
         Detect.legacy = saved
     head.legacy = legacy  # the instance records the layout it was built with
@@ -112,7 +112,7 @@ def row_detect(cls, args, n, c_in, ctx):
         raise ValueError(f"Detect needs the number of classes first, got {args[0] if args else None!r}")
     nc, anchors = args[0], (args[1] if len(args) > 1 else None)
     if anchors is None:
-        return anchor_free_detect(nc, tuple(c_in)), 0
+        return anchor_free_detect(nc, tuple(c_in), ctx.legacy_head, ctx.reg_max, ctx.end2end), 0
     if isinstance(anchors, int) and not isinstance(anchors, bool):
         anchors = [list(range(anchors * 2))] * len(c_in)  # placeholders, autoanchor computes real ones
     if not isinstance(anchors, (list, tuple)) or len(anchors) != len(c_in):

@@ -16,7 +16,10 @@ from typing import Callable
 
 import torch.nn as nn
 from ultralytics.nn.modules import (
+    C2PSA,
+    A2C2f,
     C2f,
+    C2fCIB,
     C3,
     C3TR,
     SPP,
@@ -44,6 +47,10 @@ class Scaling:
     max_channels: int = 1 << 30
     nc: int = 80
     no: int | None = None  # the outputs of an old-style head conv row (na * (nc + 5)): never width-scaled
+    scale: str | None = None  # the scale letter of a YAML with `scales:` (some ultralytics blocks grow at m/l/x)
+    legacy_head: bool = True  # ultralytics' Detect layout for v3/v5/v6/v8 YAMLs (False with C3k2/A2C2f/C2fCIB rows)
+    reg_max: int = 16  # DFL bins of the anchor-free head (a YAML's `reg_max:`)
+    end2end: bool = False  # NMS-free one-to-one head branch (a YAML's `end2end:`)
 
     def width(self, c2) -> int:
         """Scale an output width the way YOLOv5 does: times width_multiple, rounded up to a multiple of 8."""
@@ -64,14 +71,17 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+# Names that mean another layer in one YAML dialect ('yolov5': YAMLs with anchors) than in ultralytics' YAMLs
+DIALECTS: dict[str, dict[str, Entry]] = {"yolov5": {}}
 
 
-def register(*names: str, row: RowFunction):
-    """Class decorator: make `cls` available to YAML rows under `names`, built by `row`."""
+def register(*names: str, row: RowFunction, dialect: str | None = None):
+    """Class decorator: make `cls` available to YAML rows under `names`, built by `row` (in `dialect` only, if given)."""
+    table = DIALECTS[dialect] if dialect else REGISTRY
 
     def decorate(cls):
         for name in names or (cls.__name__,):
-            REGISTRY[name] = Entry(cls, row)
+            table[name] = Entry(cls, row)
         return cls
 
     return decorate
@@ -97,6 +107,20 @@ def row_width_repeats_inside(cls, args, n, c_in, ctx):
     return cls(c_in, c2, n, *args[1:]), c2
 
 
+def row_c3k2(cls, args, n, c_in, ctx):
+    """C3k2 `[c2, c3k, e, ...]`: at scales m, l and x its inner blocks are C3k whatever the row says, as in ultralytics."""
+    if ctx.scale in {"m", "l", "x"}:
+        args = [args[0], True, *args[2:]]
+    return row_width_repeats_inside(cls, args, n, c_in, ctx)
+
+
+def row_a2c2f(cls, args, n, c_in, ctx):
+    """A2C2f `[c2, a2, area, ...]`: at scales l and x residual blocks with mlp ratio 1.2, as in ultralytics."""
+    if ctx.scale in {"l", "x"}:
+        args = [*args, True, 1.2]
+    return row_width_repeats_inside(cls, args, n, c_in, ctx)
+
+
 def row_same_width(cls, args, n, c_in, ctx):
     """Layers that keep the width (nn.Upsample, nn.Identity, ...): cls(*args)."""
     return repeat(lambda i: cls(*args), n), c_in
@@ -117,8 +141,12 @@ def row_batchnorm(cls, args, n, c_in, ctx):
 
 for _cls in (Conv, DWConv, GhostConv, ConvTranspose, Bottleneck, SPP, SPPF, Focus):
     register(_cls.__name__, row=row_width)(_cls)
-for _cls in (C3, C3x, C3TR, C3Ghost, BottleneckCSP, C2f, C3k2):
+for _cls in (C3, C3x, C3TR, C3Ghost, BottleneckCSP, C2f, C2PSA, C2fCIB):
     register(_cls.__name__, row=row_width_repeats_inside)(_cls)
+register("C3k2", row=row_c3k2)(C3k2)
+register("A2C2f", row=row_a2c2f)(A2C2f)
+# Rows of these make ultralytics build the non-legacy Detect layout (its parse_model's rule)
+MODERN_HEAD_ROWS = {"C3k2", "A2C2f", "C2fCIB"}
 register("Concat", row=row_concat)(Concat)
 register("nn.Conv2d", row=row_width)(nn.Conv2d)  # [c2, k, s, ...] like Conv
 register("nn.ConvTranspose2d", row=row_width)(nn.ConvTranspose2d)

@@ -31,11 +31,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that `python models/yolo.py` finds the project
 
 import models  # noqa: E402  (sets offline mode before ultralytics loads)
-from models import heads, hornet  # noqa: E402,F401  (their modules register themselves)
+from models import heads, hornet, yolov5  # noqa: E402,F401  (their modules register themselves)
 from models.heads import AnchorDetect  # noqa: E402
-from models.registry import REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
+from models.registry import DIALECTS, MODERN_HEAD_ROWS, REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.nn.modules import Detect  # noqa: E402
+from ultralytics.nn.modules import Conv, Detect  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
@@ -50,7 +50,7 @@ class CheckpointError(ValueError):
 
 # --- reading a YAML ----------------------------------------------------------------------------
 
-SCALE_IN_NAME = re.compile(r"^(yolov5)([nslmx])(.*)$")  # yolov5s-hornet -> yolov5 + s + -hornet
+SCALE_IN_NAME = re.compile(r"^(yolo(?:e-)?v?\d+)([nslmx])(.*)$")  # yolov5s-hornet -> yolov5 + s + -hornet; yolo11n -> yolo11 + n
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:
@@ -110,10 +110,12 @@ def literal(value, symbols: dict):
         return value  # a plain string such as 'nearest' or 'gf'
 
 
-def resolve_module(name) -> tuple[str, Entry]:
-    """The registry entry for a module name, or a torch.nn layer that keeps its input width."""
+def resolve_module(name, dialect: str | None = None) -> tuple[str, Entry]:
+    """The registry entry for a module name (the dialect's meaning first), or a torch.nn layer that keeps its width."""
     if not isinstance(name, str):
         raise ValueError(f"module must be a name, got {name!r}")
+    if name in DIALECTS.get(dialect, {}):
+        return name, DIALECTS[dialect][name]
     if name in REGISTRY:
         return name, REGISTRY[name]
     torch_name = name[3:] if name.startswith("nn.") else None
@@ -122,6 +124,24 @@ def resolve_module(name) -> tuple[str, Entry]:
     close = difflib.get_close_matches(name, list(REGISTRY) + ["nn.Upsample"], n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known modules: {', '.join(sorted(REGISTRY))}"
     raise ValueError(f"unknown module {name!r}{hint}")
+
+
+# The top-level keys a detection model YAML may have (YOLOv5's, ultralytics', and what Model records)
+YAML_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "scales", "scale", "activation", "reg_max", "end2end",
+             "backbone", "head", "ch", "channels", "yaml_file")
+
+
+def yaml_activation(spec: str) -> nn.Module:
+    """The module of a YAML's `activation: nn.ReLU()` line, read as ultralytics reads it (never eval'd)."""
+    try:
+        from ultralytics.nn.tasks import _SafeLoad
+
+        return _SafeLoad.activation(spec)
+    except ImportError:  # the pinned ultralytics has it; a plain `nn.Name()` is enough otherwise
+        name = re.fullmatch(r"(?:torch\.)?nn\.(\w+)\(\)", spec.strip())
+        if not name or not isinstance(getattr(nn, name[1], None), type):
+            raise ValueError(f"activation must be like nn.SiLU() or torch.nn.ReLU(), got {spec!r}") from None
+        return getattr(nn, name[1])()
 
 
 def check_from(f, i: int):
@@ -145,7 +165,13 @@ def parse_model(d: dict, ch, verbose: bool = True):
     nc = d.get("nc")
     if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
         raise ModelConfigError(f"{source}: 'nc' must be a positive integer, got {nc!r}")
+    unknown = [k for k in d if k not in YAML_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), YAML_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelConfigError(f"{source}: unknown key {unknown[0]!r} ({hint}a detection model YAML has: {', '.join(YAML_KEYS[:-3])})")
     depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), 1 << 30
+    scale = None
     if "scales" in d:
         scales = d["scales"]
         scale = d.get("scale") or next(iter(scales))
@@ -155,14 +181,32 @@ def parse_model(d: dict, ch, verbose: bool = True):
         max_channels = rest[0] if rest else max_channels
     anchors = d.get("anchors")
     na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors else 0
-    scaling = Scaling(width, max_channels, nc, na * (nc + 5) if na else None)
+    rows = d["backbone"] + d["head"]
+    modern = any(isinstance(r, list) and len(r) == 4 and r[2] in MODERN_HEAD_ROWS for r in rows)
+    scaling = Scaling(width, max_channels, nc, na * (nc + 5) if na else None, scale,
+                      legacy_head=not modern, reg_max=d.get("reg_max", 16), end2end=bool(d.get("end2end")))
     symbols = {"nc": nc, "anchors": anchors, "None": None, "True": True, "False": False}
+    dialect = "yolov5" if anchors else None  # YOLOv5's YAMLs have anchors; ultralytics' (anchor-free) do not
 
+    default_act = Conv.default_act  # process-wide: set for this model's rows only
+    if d.get("activation"):
+        try:
+            Conv.default_act = yaml_activation(str(d["activation"]))
+        except (TypeError, ValueError) as e:
+            raise ModelConfigError(f"{source}: activation: {e}") from None
+    try:
+        return build_rows(rows, ch, depth, scaling, symbols, dialect, source, verbose)
+    finally:
+        Conv.default_act = default_act
+
+
+def build_rows(rows, ch, depth, scaling, symbols, dialect, source, verbose):
+    """parse_model's loop over the rows, with the model-wide settings decided."""
     if verbose:
         LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     c_image = ch[-1] if isinstance(ch, list) else ch
     widths, layers, save = [], [], set()
-    for i, row in enumerate(d["backbone"] + d["head"]):
+    for i, row in enumerate(rows):
         try:
             if not isinstance(row, list) or len(row) != 4:
                 raise ValueError("a row must be [from, number, module, args]")
@@ -172,7 +216,7 @@ def parse_model(d: dict, ch, verbose: bool = True):
                 raise ValueError(f"number must be a positive integer, got {n!r}")
             if not isinstance(args, list):
                 raise ValueError(f"args must be a list, got {args!r}")
-            name, entry = resolve_module(name)
+            name, entry = resolve_module(name, dialect)
             args = [literal(a, symbols) for a in args]
             n = max(round(n * depth), 1) if n > 1 else n
 
