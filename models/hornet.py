@@ -141,7 +141,7 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return value
 
 
-@register("gnConv", "gnconv", row=row_width)
+@register("gnConv", row=row_width)
 class gnConv(nn.Module):
     """Recursive gated convolution: (B, c1, H, W) -> (B, c2, H, W), order-n spatial interactions.
 
@@ -157,7 +157,7 @@ class gnConv(nn.Module):
     backward (`depthwise`) and inference runs its 1x1 convs as linears (`_forward_onednn`).
     """
 
-    def __init__(self, c1: int, c2: int, order: int = 3, filter=7, s: float = 1 / 3, h: int = 14, w: int = 8):
+    def __init__(self, c1: int, c2: int, order: int = 5, filter=7, s: float = 1.0, h: int = 14, w: int = 8):
         super().__init__()
         _check_int("c1", c1)
         _check_int("c2", c2)
@@ -449,6 +449,21 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+def row_yoloair_gnconv(cls, args, n, c_in, ctx):
+    """YOLOAir's `gnconv` row `[dim, order=5, gflayer=None, h=14, w=8, s=1.0]`, as YOLOAir builds it.
+
+    The layer keeps its input width (YOLOAir passes `dim` unscaled and its YAMLs set it to the input width;
+    the input width is what works at any width_multiple). A `gflayer` name means the Global Filter.
+    """
+    order, gflayer, h, w, s = (list(args[1:]) + [5, None, 14, 8, 1.0][len(args[1:]):])[:5]
+    filter = 7 if gflayer is None else "gf"
+    layers = [cls(c_in, c_in, order, filter, s, h, w) for _ in range(n)]
+    return (layers[0] if n == 1 else nn.Sequential(*layers)), c_in
+
+
+register("gnconv", row=row_yoloair_gnconv)(gnConv)
+
+
 @register("HorBlock", row=row_width)
 class HorBlock(nn.Module):
     """HorNet block: (B, c1, H, W) -> (B, c2, H, W).
@@ -467,9 +482,9 @@ class HorBlock(nn.Module):
         self,
         c1: int,
         c2: int,
-        order: int = 3,
+        order: int = 5,
         filter=7,
-        s: float = 1 / 3,
+        s: float = 1.0,
         h: int = 14,
         w: int = 8,
         drop_path: float = 0.0,
@@ -536,10 +551,10 @@ class C3HB(C3):
     `shortcut` is accepted for C3 compatibility; HorBlocks are residual either way.
     """
 
-    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5, order=3, filter=7):
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5, order=5, filter=7, s=1.0):
         super().__init__(c1, c2, n, shortcut, g, e)
         c_ = int(c2 * e)
-        self.m = nn.Sequential(*(HorBlock(c_, c_, order, filter) for _ in range(n)))
+        self.m = nn.Sequential(*(HorBlock(c_, c_, order, filter, s) for _ in range(n)))
 
 
 @register("HorStem", row=row_width)
@@ -582,11 +597,13 @@ class HorDown(nn.Sequential):
 
 
 def row_hornet_stage(cls, args, n, c_in, ctx):
-    """`[c2, index, in_chans, depths, dim_base]` -> HorNet(c1, c2, index, ...): one stage per row."""
+    """`[c2, index, in_chans, depths, dim_base]` -> HorNet(c1, c2, index, ...): one stage per row, c2 = dim_base * 2^index."""
     if n != 1:
         raise ValueError(f"a HorNet row builds one stage, its depth comes from `depths`: set number to 1, not {n}")
-    c2 = ctx.width(args[0] if args else None)
-    return cls(c_in, c2, *args[1:]), c2
+    c2, index, _, _, dim_base = (list(args) + [None, 0, 3, (2, 3, 18, 2), 64][len(args):])[:5]
+    if isinstance(index, int) and isinstance(dim_base, int) and c2 != dim_base * 2**index:
+        raise ValueError(f"stage {index} of a HorNet with dim_base {dim_base} is {dim_base * 2**index} wide, the row says {c2!r}")
+    return cls(c_in, c2, *args[1:]), c2  # the official width, not scaled by width_multiple (as in YOLOAir)
 
 
 @register("HorNet", row=row_hornet_stage)
@@ -607,7 +624,7 @@ class HorNet(nn.Module):
             raise ValueError(f"HorNet depths must be a list of 4 integers, got {depths!r}")
         self.index = index
         self.downsample = (HorStem if index == 0 else HorDown)(c1, c2)
-        self.blocks = nn.Sequential(*(HorBlock(c2, c2, order=index + 2) for _ in range(_check_int("depth", depths[index]))))
+        self.blocks = nn.Sequential(*(HorBlock(c2, c2, order=index + 2, s=1 / 3) for _ in range(_check_int("depth", depths[index]))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))

@@ -88,3 +88,61 @@ def test_yolov5_bottleneck_rows_take_yolov5_arguments():
     assert [m.cv1.conv.kernel_size for m in csp.m] == [(1, 1), (1, 1)]
     # the package's own (anchor-free) YAMLs keep ultralytics' Bottleneck: 3x3 first
     assert Model(PACKAGE_MODELS / "v3/yolov3.yaml", verbose=False).model[2].cv1.conv.kernel_size == (3, 3)
+
+
+# --- YOLOAir's HorNet-family rows ------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def yolov5s_rows() -> dict:
+    """YOLOv5s (cfg/yolov5s.yaml: YOLOv5's own rows and 7,235,389 parameters) as a dict to edit."""
+    return yaml.safe_load((ROOT / "cfg" / "yolov5s.yaml").read_text())
+
+
+def test_yoloair_c3hb_row_builds_yoloair_network():
+    """YOLOAir's yolov5s_C3HB.yaml: the last backbone C3 is a bare C3HB row; inner HorBlocks of order 5, s 1.0."""
+    d = yolov5s_rows()
+    assert d["backbone"][8][2:] == ["C3", [1024]]
+    d["backbone"][8][2] = "C3HB"
+    model = Model(d, verbose=False)
+    assert n_params(model) == 7_372_285  # YOLOAir's count
+    block = model.model[8].m[0]
+    assert block.gnconv.order == 5 and block.gnconv.scale == 1.0
+
+
+def test_yoloair_gnconv_row_keeps_its_input_width():
+    """YOLOAir's yolov5_gnconv.yaml: `[-1, 3, gnconv, [256]]` in place of the head's first lateral Conv."""
+    d = yolov5s_rows()
+    assert d["head"][4][2:] == ["Conv", [256, 1, 1]]
+    d["head"][4] = [-1, 3, "gnconv", [256]]
+    model = Model(d, verbose=False)
+    assert n_params(model) == 7_517_693  # YOLOAir's count
+    layer = model.model[14]  # number 3 x depth_multiple 0.33: one layer
+    assert layer.order == 5 and layer.scale == 1.0 and layer.proj_in.in_channels == layer.proj_out.out_channels == 256
+
+
+def test_official_hornet_t_weights_load_into_a_yoloair_hornet_tiny_yaml(tmp_path):
+    """Four YOLOAir `HorNet` rows at width_multiple 0.5 are HorNet-T's official widths: official weights load whole."""
+    from models.hornet_weights import load_hornet_weights, to_official_state_dict
+
+    depths = [2, 3, 18, 2]
+    d = {"nc": 80, "depth_multiple": 0.33, "width_multiple": 0.50, "anchors": deepcopy(ANCHORS),
+         "backbone": [[-1, 1, "HorNet", [64 * 2**k, k, 3, depths, 64]] for k in range(4)],
+         "head": [[-1, 1, "Conv", [512, 1, 1]], [[1, 2, 4], 1, "Detect", ["nc", "anchors"]]]}
+    model = Model(d, verbose=False)
+    assert [model.model[k].blocks[0].gnconv.proj_out.out_channels for k in range(4)] == [64, 128, 256, 512]
+    assert n_params(model.model[:4]) == 21_895_488  # the official HorNet-T backbone
+    generator = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(v.shape, generator=generator) for k, v in to_official_state_dict(model).items()}
+    torch.save({"model": official}, tmp_path / "hornet_tiny_7x7.pth")
+    fresh = Model(d, verbose=False)
+    report = load_hornet_weights(fresh, tmp_path / "hornet_tiny_7x7.pth", verbose=False)
+    assert report["loaded"] == len(official) and not report["mismatched"] and not report["not_covered"]
+    assert torch.equal(fresh.model[2].blocks[17].gnconv.pws[2].weight, official["stages.2.17.gnconv.pws.2.weight"])
+
+
+def test_hornet_row_width_must_be_the_stage_width():
+    d = {"nc": 3, "backbone": [[-1, 1, "HorNet", [96, 0, 3, [2, 3, 18, 2], 64]]], "head": [[[0], 1, "Detect", ["nc"]]]}
+    with pytest.raises(ModelConfigError, match="stage 0 of a HorNet with dim_base 64 is 64 wide, the row says 96"):
+        Model(d, verbose=False)

@@ -35,13 +35,13 @@ def networks():
 
 def mini_yaml(base=32, gf=False, gf_hw=((14, 8), (7, 4))):
     """A HorNet backbone as YAML rows (depths [1, 1, 2, 1], orders 2-5) with a Detect head on rows 3, 5, 7."""
-    f3 = ["gf", "1/3", *gf_hw[0]] if gf else []
-    f4 = ["gf", "1/3", *gf_hw[1]] if gf else []
+    f3 = ["gf", "1/3", *gf_hw[0]] if gf else [7, "1/3"]  # the official networks' s = 1/3 (the class default is 1.0)
+    f4 = ["gf", "1/3", *gf_hw[1]] if gf else [7, "1/3"]
     backbone = [
         [-1, 1, "HorStem", [base]],  # 0  downsample_layers.0
-        [-1, 1, "HorBlock", [base, 2]],  # 1  stages.0 (one block: the row is the block)
+        [-1, 1, "HorBlock", [base, 2, 7, "1/3"]],  # 1  stages.0 (one block: the row is the block)
         [-1, 1, "HorDown", [2 * base]],  # 2
-        [-1, 1, "HorBlock", [2 * base, 3]],  # 3  stages.1
+        [-1, 1, "HorBlock", [2 * base, 3, 7, "1/3"]],  # 3  stages.1
         [-1, 1, "HorDown", [4 * base]],  # 4
         [-1, 2, "HorBlock", [4 * base, 4, *f3]],  # 5  stages.2 (nn.Sequential of 2 blocks)
         [-1, 1, "HorDown", [8 * base]],  # 6

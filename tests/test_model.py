@@ -111,8 +111,8 @@ def test_yoloair_rows_build_once_and_train():
     blocks = [m for m in model.model[:4].modules() if isinstance(m, HorBlock)]
     assert len(blocks) == 2 + 3 + 18 + 2
     assert all(torch.all(b.gamma1 == 1e-6) for b in model.modules() if isinstance(b, HorBlock))
-    assert len(model.model[4]) == 3 and model.model[4][0].proj_in.in_channels == 512  # gnconv 512 -> 256
-    assert model.model[5][0].proj.in_channels == 256 and model.model[5][2].gamma2.shape == (128,)
+    assert len(model.model[4]) == 3 and model.model[4][0].proj_out.out_channels == 512  # YOLOAir's gnconv keeps its width
+    assert model.model[5][0].proj.in_channels == 512 and model.model[5][2].gamma2.shape == (128,)
     pointers = [p.data_ptr() for p in model.parameters()]
     assert len(pointers) == len(set(pointers))
     loss, before = train_step(model)
@@ -124,7 +124,7 @@ def test_yoloair_rows_build_once_and_train():
 
 
 def test_width_multiple_scales_hornet_rows():
-    d = {"nc": 1, "width_multiple": 0.5, "backbone": [[-1, 1, "HorStem", [64]], [-1, 2, "gnconv", [128, 3]]], "head": []}
+    d = {"nc": 1, "width_multiple": 0.5, "backbone": [[-1, 1, "HorStem", [64]], [-1, 2, "gnConv", [128, 3]]], "head": []}
     model = Model(d, verbose=False)
     assert model.model[0][0].out_channels == 32 and model.model[1][0].proj_out.out_channels == 64
 
