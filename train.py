@@ -121,10 +121,12 @@ def model_of(opt: argparse.Namespace) -> str:
                               "(ours, or official HorNet ImageNet weights)")
     if opt.cfg is None and is_our_checkpoint(opt.weights):
         return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
-    model = opt.cfg or in_repo(DEFAULT_CFG)
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"--cfg: model YAML not found: {model}")
-    return model
+    from models.yolo import find_model_yaml
+
+    model = find_model_yaml(opt.cfg or DEFAULT_CFG)  # also cfg/NAME and the ultralytics package's models (yolo11n.yaml)
+    if model is None:
+        raise FileNotFoundError(f"--cfg: model YAML not found: {opt.cfg} (looked in {Path.cwd()}, {ROOT}, cfg/ and the ultralytics package's models)")
+    return str(model)
 
 
 def ignored_by_resume(opt: argparse.Namespace) -> list[str]:

@@ -59,8 +59,16 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def model_path(name: str) -> Path:
-    path = Path(name if name.endswith((".yaml", ".yml")) else f"cfg/{name}.yaml")
-    return path if path.is_absolute() or path.exists() else ROOT / path
+    """cfg/NAME.yaml, a path, or one of the ultralytics package's models (yolo11s); a path that does not exist if none."""
+    from models.yolo import find_model_yaml
+
+    return find_model_yaml(name) or ROOT / "cfg" / f"{name}.yaml"
+
+
+def model_exists(name: str) -> bool:
+    from models.yolo import find_model_yaml
+
+    return find_model_yaml(name) is not None
 
 
 def data_name(data: str) -> str:
@@ -152,7 +160,7 @@ def stored_variants(opt) -> list[tuple[str, str]]:
     variants = []
     for name in names:  # split 'yolov5s-hornet-lr1e-3' into a model YAML that exists and the tag after it
         parts = name.split("-")
-        cut = max((i for i in range(1, len(parts) + 1) if model_path("-".join(parts[:i])).is_file()), default=len(parts))
+        cut = max((i for i in range(1, len(parts) + 1) if model_exists("-".join(parts[:i]))), default=len(parts))
         variants.append(("-".join(parts[:cut]), "-".join(parts[cut:])))
     return variants
 
@@ -204,7 +212,7 @@ def main(opt: argparse.Namespace) -> None:
         sys.exit(f"error: --data: data YAML not found: {opt.data}")
     models = opt.models or [f"yolov5{opt.scale}{style}" for style in STYLES]
     for model in models:
-        if not model_path(model).is_file():
+        if not model_exists(model):
             sys.exit(f"error: --models: model YAML not found: {model_path(model)}")
     overrides(opt.set)  # check before anything trains
     if not opt.report:

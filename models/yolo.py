@@ -60,14 +60,34 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
 
 
+def _unified(path: Path) -> Path | None:
+    """`yolo11n.yaml` -> `yolo11.yaml` (the file that holds the scales), None for a name without a scale letter."""
+    match = SCALE_IN_NAME.match(path.stem)
+    return path.with_name(match[1] + match[3] + path.suffix) if match else None
+
+
+def find_model_yaml(name) -> Path | None:
+    """A model YAML from a path or a bare name: as given, from the repository root, in cfg/, or among the ultralytics
+    package's detection models (`yolo11n.yaml` is its 11/yolo11.yaml at scale n). None when there is none."""
+    import ultralytics
+
+    path = Path(name if str(name).endswith((".yaml", ".yml")) else f"{name}.yaml")
+    package = sorted((Path(ultralytics.__file__).parent / "cfg" / "models").glob("*/"))
+    for candidate in (path, ROOT / path, ROOT / "cfg" / path.name, *(folder / path.name for folder in package)):
+        unified = _unified(candidate)
+        if candidate.is_file() or (unified is not None and unified.is_file()):
+            return candidate
+    return None
+
+
 def load_model_yaml(cfg) -> dict:
     """A model dict from a dict or a path; `yolov5s-x.yaml` may be scale 's' of a `yolov5-x.yaml` with `scales:`."""
     if isinstance(cfg, dict):
         return deepcopy(cfg)
     path = Path(cfg)
     match = SCALE_IN_NAME.match(path.stem)
-    if not path.is_file() and match and (path.with_name(match[1] + match[3] + path.suffix)).is_file():
-        unified = path.with_name(match[1] + match[3] + path.suffix)
+    if not path.is_file() and match and _unified(path).is_file():
+        unified = _unified(path)
     elif path.is_file():
         unified = path
     else:

@@ -146,3 +146,18 @@ def test_hornet_row_width_must_be_the_stage_width():
     d = {"nc": 3, "backbone": [[-1, 1, "HorNet", [96, 0, 3, [2, 3, 18, 2], 64]]], "head": [[[0], 1, "Detect", ["nc"]]]}
     with pytest.raises(ModelConfigError, match="stage 0 of a HorNet with dim_base 64 is 64 wide, the row says 96"):
         Model(d, verbose=False)
+
+
+def test_bare_model_names_are_found_in_cfg_and_in_the_package(tmp_path, monkeypatch):
+    """--cfg yolo11n.yaml is the package's yolo11.yaml at scale n; --cfg yolov5s-hornet is cfg/'s."""
+    import train
+    from models.yolo import find_model_yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert find_model_yaml("yolov5s-hornet") == ROOT / "cfg" / "yolov5s-hornet.yaml"
+    found = find_model_yaml("yolo11n.yaml")
+    assert found == PACKAGE_MODELS / "11" / "yolo11n.yaml" and not found.is_file()  # the scale letter, read on load
+    assert find_model_yaml("yolo99n.yaml") is None
+    assert train.model_of(train.parse_opt(["--cfg", "yolo11n.yaml"])) == str(found)
+    with pytest.raises(FileNotFoundError, match="--cfg: model YAML not found: yolo99n.yaml"):
+        train.model_of(train.parse_opt(["--cfg", "yolo99n.yaml"]))
