@@ -1,5 +1,9 @@
-"""Shared test setup: the project root on sys.path, offline mode, and the official fixtures."""
+"""Shared test setup: the project root on sys.path, offline mode, and the official fixtures (loaded here only).
 
+Tests that need a fixture file skip with the reason when `../shared` is not beside the project; every other test runs.
+"""
+
+import functools
 import os
 import sys
 from pathlib import Path
@@ -14,12 +18,36 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def fixture_file(name: str):
+    """The path of an official fixture file; skips the calling test when it is not there."""
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(f"official fixture {path} not found (../shared is not beside the project)")
+    return path
+
+
+@functools.cache
+def reference_cases() -> list:
+    """The layer cases of hornet_reference.pt for parametrizing at collection time; [] without the fixtures."""
+    path = FIXTURES / "hornet_reference.pt"
+    if not path.is_file():
+        return []
+    import torch
+
+    return torch.load(path, weights_only=True)["cases"]
+
+
+def fixture_cases():
+    """pytest.param per reference case, or one skipped param naming the missing file."""
+    cases = reference_cases()
+    if not cases:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no reference fixtures at {FIXTURES} (../shared is not beside the project)"))]
+    return [pytest.param(c, id=c["name"]) for c in cases]
+
+
 @pytest.fixture(scope="session")
 def reference():
     """The official HorNet reference tensors (../shared/fixtures/hornet_reference.pt)."""
-    path = FIXTURES / "hornet_reference.pt"
-    if not path.is_file():
-        pytest.skip(f"official fixtures not found at {path} (../shared is not beside the project)")
     import torch
 
-    return torch.load(path, weights_only=True)
+    return torch.load(fixture_file("hornet_reference.pt"), weights_only=True)

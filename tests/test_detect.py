@@ -252,9 +252,26 @@ def test_q_key_stops_cleanly(assets, tmp_path, monkeypatch):
     assert predictor.stopped_by_user and predictor.incomplete_videos() == {}
 
 
-def test_augment_runs(assets, tmp_path):
+def test_augment_runs_three_scales_and_merges_them(assets, tmp_path, monkeypatch):
+    """--augment runs the model at YOLOv5's scales 1, 0.83, 0.67 (the last flipped) and merges all candidates."""
+    import utils.predict
+
+    scales, candidates = [], []
+    scale_img = utils.predict.scale_img
+    monkeypatch.setattr(utils.predict, "scale_img", lambda im, s, **kw: scales.append(s) or scale_img(im, s, **kw))
+    inference = utils.predict.HorNetPredictor.inference
+
+    def counted(self, im, *args, **kwargs):
+        y = inference(self, im, *args, **kwargs)
+        candidates.append((y[0] if isinstance(y, (list, tuple)) else y).shape[2])
+        return y
+
+    monkeypatch.setattr(utils.predict.HorNetPredictor, "inference", counted)
     predictor = run(assets, tmp_path, weights=assets["confident"], source=assets["images"] / "img1.jpg", augment=True, save_txt=True)
-    assert read_labels(predictor.save_dir / "labels")["img1"].shape[1] == 5
+    assert scales[:3] == [1.0, 0.83, 0.67]
+    single = run(assets, tmp_path, weights=assets["confident"], source=assets["images"] / "img1.jpg")
+    assert candidates[0] > candidates[-1] and len(candidates) == 2  # merged over three scales vs one
+    assert read_labels(predictor.save_dir / "labels")["img1"].shape[1] == 5 and single.seen == 1
 
 
 def test_cli_errors_exit_nonzero_with_message(assets, tmp_path):

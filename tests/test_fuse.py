@@ -13,20 +13,10 @@ import torch
 from models.hornet import GlobalLocalFilter, HorBlock, gnConv
 from models.yolo import Model, parse_model
 
+from conftest import fixture_cases
+
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "hornet_reference.pt"
 TOL = 1e-4
-
-pytestmark = pytest.mark.skipif(not FIXTURES.is_file(), reason=f"no reference fixtures at {FIXTURES}")
-
-
-def _cases():
-    if not FIXTURES.is_file():
-        return []
-    return torch.load(FIXTURES, weights_only=True)["cases"]
-
-
-CASES = _cases()
 
 
 def build(case) -> torch.nn.Module:
@@ -47,7 +37,7 @@ def max_err(layer, case) -> float:
     return err
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+@pytest.mark.parametrize("case", fixture_cases())
 def test_fixture_case_eval_train_and_fused(case):
     layer = build(case)
     with torch.no_grad():

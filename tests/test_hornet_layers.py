@@ -83,5 +83,14 @@ def test_drop_path_only_in_training():
     set_drop_path(blocks, 0.2)
     assert [b.drop_path.p for b in blocks] == pytest.approx([0.0, 0.1, 0.2])
     x = torch.randn(64, 16, 4, 4)
+    blocks.train()
+    torch.manual_seed(0)
+    first = blocks(x)
+    torch.manual_seed(1)
+    assert not torch.equal(first, blocks(x))  # training: other samples' residual branches dropped
     blocks.eval()
-    assert torch.equal(blocks(x), blocks(x))
+    with torch.no_grad():
+        kept = blocks(x)
+        for b in blocks:
+            b.drop_path.p = 0.0
+        assert torch.equal(kept, blocks(x))  # eval: drop path does nothing

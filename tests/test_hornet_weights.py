@@ -13,17 +13,10 @@ import torch.nn.functional as F
 
 from models.hornet import load_hornet_weights
 from models.hornet_weights import HorNetWeightsError, is_official_hornet_checkpoint, to_official_state_dict
+from conftest import fixture_file as fixture_path
 from models.yolo import Model, load_model_yaml, parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-
-
-def fixture_path(name):
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"official fixture {path} not found (../shared is not beside the project)")
-    return path
 
 
 @pytest.fixture(scope="module")
