@@ -654,4 +654,3 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
     for i, block in enumerate(blocks):
         block.drop_path.p = rate * i / max(len(blocks) - 1, 1)
 
-from models.hornet_weights import load_hornet_weights  # noqa: E402,F401  (re-exported)

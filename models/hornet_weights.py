@@ -12,7 +12,7 @@ A model YAML writes the same backbone as rows, at any row indices:
   and `stages.k` (its `.blocks`).
 Inside a slot the parameter names are the official ones, so a key maps by swapping its prefix.
 
-    from models.hornet import load_hornet_weights
+    from models.hornet_weights import load_hornet_weights
     report = load_hornet_weights(model, 'hornet_tiny_7x7.pth')
 
 `load_hornet_weights` is all-or-nothing: if any tensor does not fit, nothing in the model changes and
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ultralytics.utils import LOGGER
+
+from models.hornet import ConvStem, HorBlock, HorDown, HorNet, HorStem
 
 __all__ = (
     "load_hornet_weights",
@@ -72,7 +74,6 @@ def hornet_slots(model: nn.Module) -> tuple[dict[str, tuple[int, str, nn.Module]
     row, a slot already taken). Rows are walked in order; a `HorNet` row with index k sets both counters
     to k + 1, so plain rows after it continue with the next stage.
     """
-    from models.hornet import ConvStem, HorBlock, HorDown, HorNet, HorStem  # here, not at the top: hornet.py re-exports us
 
     slots, extra = {}, []
     next_down = next_stage = 0

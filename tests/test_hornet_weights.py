@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.hornet import load_hornet_weights
-from models.hornet_weights import HorNetWeightsError, is_official_hornet_checkpoint, to_official_state_dict
+from models.hornet_weights import HorNetWeightsError, is_official_hornet_checkpoint, load_hornet_weights, to_official_state_dict
 from conftest import fixture_file as fixture_path
 from models.yolo import Model, load_model_yaml, parse_model
 
