@@ -304,3 +304,16 @@ def test_detect_runs_started_together_get_their_own_folders(mistakes, tmp_path):
         assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
     assert sorted(p.name for p in (tmp_path / "detect").iterdir()) == ["exp", "exp2"]
     assert all((tmp_path / "detect" / name / image.name).is_file() for name in ("exp", "exp2"))
+
+
+def test_a_finished_run_lets_go_of_its_lock(tiny_data, tmp_path):
+    """In one process (the Python API), a run that ended does not hold its folder against the next one."""
+    import train
+
+    args = dict(cfg="cfg/yolov5n.yaml", data=str(tiny_data), epochs=1, imgsz=64, workers=0, noplots=True,
+                noautoanchor=True, project=str(tmp_path), batch_size=4)
+    first = train.run(**args)
+    assert first._lock is None
+    lock_run(first.save_dir).close()  # free
+    second = train.run(**args, exist_ok=True)  # the same folder again
+    assert second.save_dir == first.save_dir

@@ -332,6 +332,15 @@ class HorNetTrainer(DetectionTrainer):
             # started by torchrun (several machines): the process group spans all nodes, not just this one's devices
             self.world_size = int(os.environ["WORLD_SIZE"])
 
+    def train(self):
+        """The engine's training; the run folder's lock is let go when it ends, however it ends."""
+        try:
+            return super().train()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
     def say_run_time(self) -> None:
         """After the first few batches, one line with the whole run's training time; on a CPU, a quick command."""
         nb = len(self.train_loader)
