@@ -317,3 +317,12 @@ def test_a_finished_run_lets_go_of_its_lock(tiny_data, tmp_path):
     lock_run(first.save_dir).close()  # free
     second = train.run(**args, exist_ok=True)  # the same folder again
     assert second.save_dir == first.save_dir
+
+
+def test_resume_takes_workers_and_cache_and_names_the_rest():
+    import train
+
+    opt = train.parse_opt(["--resume", "runs/train/exp/weights/last.pt", "--workers", "2", "--cache", "--epochs", "3"])
+    overrides = train.overrides_from(opt)
+    assert overrides["workers"] == 2 and overrides["cache"] == "ram" and "epochs" not in overrides
+    assert "workers" not in train.overrides_from(train.parse_opt(["--resume", "x/last.pt"]))  # not given: the run's own
