@@ -146,7 +146,8 @@ def overrides_from(opt: argparse.Namespace) -> dict:
         if ignored:
             LOGGER.warning(f"--resume: ignoring {' '.join(ignored)}: a resumed run keeps the arguments it started with "
                            "(only --device, --workers and --cache may change)")
-        given = {k: v for k, v in (("workers", opt.workers), ("cache", opt.cache)) if v != getattr(parse_opt([]), k)}
+        defaults = parse_opt([])
+        given = {k: getattr(opt, k) for k in ("workers", "cache") if getattr(opt, k) != getattr(defaults, k)}
         return {"resume": opt.resume, "project": project, "device": opt.device or None, **given}
     model = model_of(opt)
     if opt.hyp is None:

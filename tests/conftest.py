@@ -18,6 +18,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def shapes_data_yaml(folder, n_train: int, n_val: int, imgsz: int, seed: int, val: str = "images/val"):
+    """A generated shapes set in `folder` and the path of its data YAML (`val` may point at the train images)."""
+    import yaml
+
+    from utils.shapes import CLASSES, make_shapes_dataset
+
+    root = make_shapes_dataset(folder, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
+    f = root / "data.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": val, "names": dict(enumerate(CLASSES))}))
+    return f
+
+
 def fixture_file(name: str):
     """The path of an official fixture file; skips the calling test when it is not there."""
     path = FIXTURES / name

@@ -1,4 +1,4 @@
-"""YAMLs from other projects build the networks their authors meant (issue 13).
+"""YAMLs from other projects build the networks their authors meant.
 
 - ultralytics: every detection YAML shipped in the pinned package (v3, v5, v6, v8, 11, 12, 26) gives the parameter
   count and output shape of ultralytics' own DetectionModel, built before and after it in one process.

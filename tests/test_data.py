@@ -180,16 +180,22 @@ def test_check_det_dataset_on_generated_set(tmp_path, tiny):
     assert data["nc"] == len(CLASSES) and Path(data["train"]).is_dir() and Path(data["val"]).is_dir()
 
 
-def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch):
-    """data/shapes.yaml's download step, run on a copy of the repo's data/ and utils/ in a temp 'repo'."""
-    from ultralytics.data.utils import check_det_dataset
-
+def small_repo(tmp_path) -> Path:
+    """A temp 'repo' with copies of data/shapes.yaml (generating 4 + 3 images at 64 px) and utils/shapes.py."""
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
     (repo / "utils").mkdir()
     yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train=600, n_val=150, imgsz=320", "n_train=4, n_val=3, imgsz=64")
     (repo / "data" / "shapes.yaml").write_text(yaml_text)
     shutil.copy(ROOT / "utils" / "shapes.py", repo / "utils" / "shapes.py")
+    return repo
+
+
+def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch):
+    """data/shapes.yaml's download step, run on a copy of the repo's data/ and utils/ in a temp 'repo'."""
+    from ultralytics.data.utils import check_det_dataset
+
+    repo = small_repo(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the set must land beside the repo whatever the working directory
@@ -203,13 +209,8 @@ def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch
 
 def test_load_data_config_builds_the_embedded_set_without_naming_wrong_folders(tmp_path, monkeypatch, log_lines):
     """The engine's download path logs a 'missing path' inside the repo and 'saved to' its datasets dir: neither
-    is where the set goes (issue 12 row 17). load_data_config builds it first and names only the right folder."""
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    (repo / "utils").mkdir()
-    yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train=600, n_val=150, imgsz=320", "n_train=4, n_val=3, imgsz=64")
-    (repo / "data" / "shapes.yaml").write_text(yaml_text)
-    shutil.copy(ROOT / "utils" / "shapes.py", repo / "utils" / "shapes.py")
+    is where the set goes. load_data_config builds it first and names only the right folder."""
+    repo = small_repo(tmp_path)
     monkeypatch.chdir(tmp_path)
     data = load_data_config(repo / "data" / "shapes.yaml")
     expected = (tmp_path / "datasets" / "shapes" / "images" / "val").resolve()

@@ -5,7 +5,7 @@
   and at the end results.csv holds each epoch exactly once with its time column going forward.
   HORNET_FAULT_KILLS=40 python -m pytest tests/test_faults.py runs a longer version (default: 6 kills, < 1 min).
 - Ctrl-C: one line saying where training stopped and what --resume will do, exit 130.
-- Every script, given the user mistakes of issue 12: one line naming the file or flag, exit 1, no traceback,
+- Every script, given user mistakes: one line naming the file or flag, exit 1, no traceback,
   and no run folder left behind.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from conftest import shapes_data_yaml
 from models.yolo import read_checkpoint
 from utils.trainer import ResumeError, increment_run_dir, keep_epochs, lock_run
 
@@ -37,12 +37,7 @@ EPOCHS = 12
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """8 train + 4 val shapes images at 64 px and their data YAML."""
-    from utils.shapes import CLASSES, make_shapes_dataset
-
-    root = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, imgsz=64, seed=3)
-    f = root / "data.yaml"
-    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASSES))}))
-    return f
+    return shapes_data_yaml(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, imgsz=64, seed=3)
 
 
 def epochs_in(csv: Path) -> list[int]:
@@ -295,7 +290,7 @@ def test_val_without_weights_takes_the_newest_best(mistakes, monkeypatch, tmp_pa
 
 
 def test_detect_runs_started_together_get_their_own_folders(mistakes, tmp_path):
-    """Two detect.py runs at once: exp and exp2, each with its own annotated image (issue 12 row 6)."""
+    """Two detect.py runs at once: exp and exp2, each with its own annotated image."""
     image = next((mistakes["data"].parent / "images" / "val").glob("*.jpg"))
     cmd = [sys.executable, "detect.py", "--weights", str(mistakes["best"]), "--source", str(image), "--img", "64",
            "--project", str(tmp_path / "detect")]

@@ -241,7 +241,7 @@ def test_summary_command_prints_rows_and_totals():
 
 def test_anchor_free_head_does_not_depend_on_models_built_before():
     """ultralytics' parser sets the class attribute Detect.legacy; our build decides it by ultralytics' rule, from the
-    rows alone (legacy layout unless C3k2/A2C2f/C2fCIB rows), not from what was built before (issue 12 row 18)."""
+    rows alone (legacy layout unless C3k2/A2C2f/C2fCIB rows), not from what was built before."""
     from ultralytics.nn.modules import Detect
 
     d = yaml.safe_load(YOLOV5) | {"depth_multiple": 0.33, "width_multiple": 0.25}

@@ -23,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 import train  # noqa: E402
+from conftest import shapes_data_yaml  # noqa: E402
 from models.yolo import Model, load_model  # noqa: E402
 from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, increment_run_dir, load_hyp, transfer_weights  # noqa: E402
 
@@ -39,12 +40,7 @@ def read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """A 20 image shapes set (96 px) and its data YAML; val is the train images (so val loss = training-set loss)."""
-    from utils.shapes import make_shapes_dataset
-
-    root = make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=20, n_val=8, imgsz=96, seed=1)
-    f = root / "data.yaml"
-    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/train", "names": dict(enumerate(NAMES))}))
-    return f
+    return shapes_data_yaml(tmp_path_factory.mktemp("shapes"), n_train=20, n_val=8, imgsz=96, seed=1, val="images/train")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +83,7 @@ def test_loss_decreases_and_columns(trained):
 
 
 def test_run_time_estimate_said_once(trained):
-    """After the first batches one line estimates the whole run (issue 12 row 17)."""
+    """After the first batches one line estimates the whole run."""
     _, seen = trained
     lines = [line for line in seen if "estimated: about" in line]
     assert len(lines) == 1 and "for 3 epochs of 5 batches" in lines[0], lines
