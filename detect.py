@@ -32,21 +32,19 @@ import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402
+from utils.export import export_path, runtime_reason  # noqa: E402
 from utils.predict import HorNetPredictor, SourceError, default_source, is_stream, newest_weights, resolve_source  # noqa: E402
 from utils.trainer import check_device, increment_run_dir, warn_overwrite  # noqa: E402
-
-EXPORTED = {".onnx", ".torchscript"}
-
 
 def load_weights(weights, device):
     """What the predictor's AutoBackend takes: the rebuilt nn.Module for a checkpoint, the path for an export.
 
     Raises FileNotFoundError naming a missing file, ValueError naming a file that is not a checkpoint.
     """
-    path = Path(weights)
+    path = export_path(weights)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    if path.suffix.lower() in EXPORTED:
+    if path.suffix.lower() != ".pt":  # .onnx, .torchscript, *_openvino_model/, ...
         return str(path)
     return load_model(path, device="cpu")  # AutoBackend moves it to --device
 
@@ -128,10 +126,10 @@ def run(
         predictor = HorNetPredictor(overrides=overrides)
         try:
             predictor.setup_model(model, verbose=False)
-        except Exception as e:  # an .onnx/.torchscript file that its runtime cannot read
-            raise ValueError(f"{weights} could not be loaded as a model: {str(e).splitlines()[0]}") from e
-        if half and predictor.model.device.type == "cpu":
-            LOGGER.warning("--half needs a GPU (--device 0): running float32 on CPU")
+        except Exception as e:  # an exported model that its runtime cannot read
+            raise ValueError(f"{weights} could not be loaded as a model: {runtime_reason(e)}") from e
+        if half and predictor.model.device.type == "cpu" and predictor.model.format != "openvino":
+            LOGGER.warning("--half needs a GPU (--device 0), or an OpenVINO export on a CPU with bfloat16: running float32")
         fixed = getattr(predictor.model, "imgsz", None)
         if fixed and not getattr(predictor.model, "dynamic", False) and list(fixed) != size:
             LOGGER.info(f"{weights.name} was exported for --imgsz {fixed[0]} {fixed[1]}: using that size")
@@ -155,7 +153,7 @@ def run(
 
 def parse_opt(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=str, default=None, help="checkpoint, .onnx or .torchscript (default: the newest runs/train/*/weights/best.pt)")
+    parser.add_argument("--weights", type=str, default=None, help="checkpoint, .onnx, .torchscript or *_openvino_model folder (default: the newest runs/train/*/weights/best.pt)")
     parser.add_argument("--source", type=str, default=None, help="file/dir/glob/URL/.txt/.streams/screen, 0 for webcam (default: the dataset's val images)")
     parser.add_argument("--data", type=str, default=None, help="dataset YAML: default source and class names for exported models")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size: one value, or H W")
@@ -177,7 +175,7 @@ def parse_opt(argv=None):
     parser.add_argument("--line-thickness", default=3, type=int, help="bounding box thickness (pixels)")
     parser.add_argument("--hide-labels", action="store_true", help="hide labels")
     parser.add_argument("--hide-conf", action="store_true", help="hide confidences")
-    parser.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU)")
+    parser.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU); OpenVINO on a CPU: its reduced precision (bfloat16)")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     parser.add_argument("--stream-buffer", action="store_true", help="webcams/streams: keep every frame (default: the newest, for low latency)")
     opt = parser.parse_args(argv)

@@ -1,12 +1,16 @@
-"""Export a HorNet-YOLOv5 checkpoint to ONNX and TorchScript, and check the ONNX file against PyTorch.
+"""Export a HorNet-YOLOv5 checkpoint to ONNX, TorchScript and OpenVINO, each checked against PyTorch.
 
     python export.py --weights runs/train/exp/weights/best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --imgsz 384 640 --dynamic   # H W, dynamic batch/size
+    python export.py --weights best.pt --include openvino             # best_openvino_model/, float32
+    python export.py --weights best.pt --include openvino --half      # runs in bfloat16 on CPUs that have it
 
-The files land next to the weights (`best.onnx`, `best.torchscript`) and carry the metadata ultralytics'
-AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py` take them as they
-are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see utils/export.py),
-constants for the export size, or built in the graph from the input's shape with --dynamic.
+The exports land next to the weights (`best.onnx`, `best.torchscript`, `best_openvino_model/`) and carry the
+metadata ultralytics' AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py`
+take them as they are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see
+utils/export.py), constants for the export size, or built in the graph from the input's shape with --dynamic.
+`--half` means float16 files for ONNX and TorchScript (GPU only), and for OpenVINO the CPU's reduced
+precision at run time (bfloat16 on CPUs with AVX512-BF16 or AMX; float32 where the CPU has none).
 """
 
 from __future__ import annotations
@@ -29,20 +33,24 @@ from ultralytics.utils.torch_utils import select_device  # noqa: E402
 from utils.export import (  # noqa: E402
     export_metadata,
     export_onnx,
+    export_openvino,
     export_torchscript,
     exportable_model,
     has_global_filter,
     max_diffs,
     onnx_output,
+    openvino_output,
+    openvino_reduced_precision,
     reference_output,
     torchscript_output,
 )
 from utils.predict import newest_weights  # noqa: E402
 from utils.trainer import check_device  # noqa: E402
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
-TOLERANCE = 1e-3  # largest accepted |ONNX - PyTorch| on scores, and on boxes as a fraction of the image size
-TOLERANCE_HALF = 2e-2  # the same for --half files against the float32 model (fp16 keeps about 3 digits)
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}  # appended to the weights' stem
+TOLERANCE = 1e-3  # largest accepted |export - PyTorch| on scores, and on boxes as a fraction of the image size
+TOLERANCE_HALF = 2e-2  # the same for --half exports against the float32 model (fp16 keeps about 3 digits)
+TOLERANCE_BF16 = 5e-2  # OpenVINO in bfloat16 (about 2 digits): what it shows on trained models, see docs/export.md
 
 
 class ExportError(RuntimeError):
@@ -87,9 +95,12 @@ def run(
         raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
     check_device(device)
     device = select_device(device, verbose=False)
-    if half and device.type == "cpu":
-        LOGGER.warning("--half needs a GPU (--device 0): half-precision inference is not supported on CPU, exporting float32")
-        half = False
+    half_files = half and device.type != "cpu"  # float16 ONNX/TorchScript need a GPU to run
+    if half and not half_files and include != ["openvino"]:
+        LOGGER.warning("--half: float16 ONNX/TorchScript files need a GPU (--device 0); exporting those in float32")
+    reduced = openvino_reduced_precision() if half and "openvino" in include else None
+    if half and "openvino" in include:
+        LOGGER.info(f"OpenVINO --half: {f'this CPU runs it in {reduced}' if reduced else 'this CPU has no reduced precision (no AVX512-BF16/AMX): it runs in float32 here'}")
     model = load_model(weights, device)
     stride = max(int(model.stride.max()), 32)
     size = list(imgsz) * 2 if len(imgsz) == 1 else list(imgsz)
@@ -100,29 +111,38 @@ def run(
     im = torch.rand(batch_size, model.yaml.get("channels", 3), *checked, device=device)
     LOGGER.info(f"Exporting {weights} ({'Global Filter, ' if gf else ''}input {tuple(im.shape)}) to {', '.join(include)}")
     em = exportable_model(model, im, dynamic=dynamic)
-    want = reference_output(model, im)  # the float32 model: a half export is held to it too
-    if half:
-        em, im = em.half(), im.half()
-    results, tol = {}, (TOLERANCE_HALF if half else TOLERANCE)
+    want = reference_output(model, im)  # the float32 model: half exports are held to it too
+    results = {}
     for fmt in include:
-        file = weights.with_suffix(FORMATS[fmt])
+        file = weights.parent / (weights.stem + FORMATS[fmt])
         if file.exists():
             LOGGER.info(f"{fmt}: overwriting the previous export {file}")
-        metadata = export_metadata(model, checked, batch_size, dynamic, half, fmt, weights)
-        if fmt == "onnx":
-            export_onnx(em, im, file, metadata, opset=opset, dynamic=dynamic, simplify=simplify)
-            try:
-                got = onnx_output(file, im)
-            except Exception as e:  # onnxruntime's CPU provider lacks some fp16 kernels
-                if not half:
-                    raise
-                LOGGER.warning(f"ONNX: could not run the fp16 file on onnxruntime's CPU provider to check it ({e})")
-                got = None
-            diff = float("nan") if got is None else compare(got, want, max(checked), "ONNX", tol)
+        if fmt == "openvino":  # traced in float32 on the CPU; the reduced precision is the runtime's, at run time
+            metadata = export_metadata(model, checked, batch_size, dynamic, half, fmt, weights)
+            export_openvino(em.float().cpu(), im.float().cpu(), file, metadata, dynamic=dynamic)
+            tol = TOLERANCE_BF16 if half and reduced else TOLERANCE
+            label = f"OpenVINO {reduced}" if half and reduced else "OpenVINO"
+            diff = compare(openvino_output(file, im, half=half), want, max(checked), label, tol)
+            em.to(device)
         else:
-            export_torchscript(em, im, file, metadata)
-            diff = compare(torchscript_output(file, im), want, max(checked), "TorchScript", tol)
-        LOGGER.info(f"{fmt}: saved {file} ({file.stat().st_size / 1e6:.1f} MB)")
+            metadata = export_metadata(model, checked, batch_size, dynamic, half_files, fmt, weights)
+            m, x = (em.half(), im.half()) if half_files else (em.float(), im.float())
+            tol = TOLERANCE_HALF if half_files else TOLERANCE
+            if fmt == "onnx":
+                export_onnx(m, x, file, metadata, opset=opset, dynamic=dynamic, simplify=simplify)
+                try:
+                    got = onnx_output(file, x)
+                except Exception as e:  # onnxruntime's CPU provider lacks some fp16 kernels
+                    if not half_files:
+                        raise
+                    LOGGER.warning(f"ONNX: could not run the fp16 file on onnxruntime's CPU provider to check it ({e})")
+                    got = None
+                diff = float("nan") if got is None else compare(got, want, max(checked), "ONNX", tol)
+            else:
+                export_torchscript(m, x, file, metadata)
+                diff = compare(torchscript_output(file, x), want, max(checked), "TorchScript", tol)
+        size_mb = sum(f.stat().st_size for f in ([file] if file.is_file() else file.iterdir())) / 1e6
+        LOGGER.info(f"{fmt}: saved {file} ({size_mb:.1f} MB)")
         results[fmt] = {"file": file, "max_diff": diff}
     LOGGER.info(f"Export complete ({time.time() - t0:.1f}s): {', '.join(str(r['file']) for r in results.values())}")
     return results
@@ -131,12 +151,12 @@ def run(
 def parse_opt(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=str, default=None, help="checkpoint (default: the newest runs/train/*/weights/best.pt)")
-    parser.add_argument("--include", nargs="+", default=["onnx", "torchscript"], help="formats: onnx, torchscript")
+    parser.add_argument("--include", nargs="+", default=["onnx", "torchscript"], help="formats: onnx, torchscript, openvino")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image size: one value, or H W")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
     parser.add_argument("--device", default="cpu", help="cpu, or a cuda device such as 0")
-    parser.add_argument("--half", action="store_true", help="FP16 export (GPU only)")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
+    parser.add_argument("--half", action="store_true", help="ONNX/TorchScript: float16 (GPU only); OpenVINO: the CPU's reduced precision (bfloat16)")
+    parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
     opt = parser.parse_args(argv)

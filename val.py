@@ -3,10 +3,11 @@
     python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
     python val.py --weights best.pt --task speed                      # inference speed only
     python val.py --weights best.onnx                                 # exported models (export.py) too
+    python val.py --weights best_openvino_model                       # OpenVINO, in the precision it was exported for
     python val.py --weights best.pt --verbose --save-json --save-txt --save-conf
 
 In: weights (our .pt checkpoint, rebuilt by models.yolo.load_model with weights_only=True; or an exported
-.onnx/.torchscript/... that the ultralytics AutoBackend runs from its embedded metadata) and a dataset YAML.
+.onnx/.torchscript/_openvino_model folder that the ultralytics AutoBackend runs from its embedded metadata) and a dataset YAML.
 Out: P, R, mAP50, mAP50-95 (all classes, and per class with --verbose) and the speed per image, printed;
 results (predictions.json with --save-json, labels/*.txt with --save-txt) under runs/val/exp, exp2, ...
 Python: `import val; metrics = val.run(weights=..., data=...)` returns the metrics dict.
@@ -26,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402
+from utils.export import export_path, runtime_reason  # noqa: E402
 from utils.predict import newest_weights  # noqa: E402
 from utils.trainer import HorNetValidator, check_device, discard_unused_run_dir, increment_run_dir, warn_overwrite  # noqa: E402
 
@@ -56,7 +58,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> dict:
     """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes."""
-    weights = Path(opt.weights) if opt.weights else newest_weights()
+    weights = export_path(opt.weights) if opt.weights else newest_weights()
     if not weights.exists():
         raise FileNotFoundError(f"--weights: not found: {weights}")
     if weights.suffix != ".pt":
@@ -98,7 +100,7 @@ def check_exported(weights: Path) -> None:
     except Exception as e:
         while e.__cause__ is not None:  # the runtime's own reason, not the engine's re-export advice
             e = e.__cause__
-        raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {runtime_reason(e)})") from None
 
 
 def validate(opt: argparse.Namespace, weights: Path, save_dir: Path) -> tuple[dict, dict]:

@@ -36,6 +36,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
+from models import cpu_kernels  # noqa: E402
 from models.hornet import GlobalLocalFilter, HorBlock, gnConv  # noqa: E402
 from models.yolo import parse_model  # noqa: E402
 
@@ -319,22 +320,14 @@ def _unfolded_call(module, x, scale):
     return y * scale
 
 
-def fast_path_modules(model: nn.Module) -> list:
-    """The modules of every HorBlock in `model` whose forward hooks switch models/hornet.py's CPU fast paths off
-    (it takes the plain module path for hooked modules): proj_in (inference), pwconv1 (the MLP), the depth-wise conv."""
-    out = []
-    for block in (m for m in model.modules() if isinstance(m, HorBlock)):
-        dw = block.gnconv.dwconv
-        out += [block.gnconv.proj_in, block.pwconv1, dw.dw if isinstance(dw, GlobalLocalFilter) else dw]
-    return out
+def kernels_off(step):
+    """`step` with models/cpu_kernels.py switched off: the layers' plain PyTorch path."""
 
+    def run():
+        with cpu_kernels.enabled(False):
+            step()
 
-def without_fast_paths(block: HorBlock) -> HorBlock:
-    """A copy of the block with its CPU fast paths off (no-op hooks on `fast_path_modules`)."""
-    block = copy.deepcopy(block)
-    for m in fast_path_modules(block):
-        m.register_forward_hook(lambda *args: None)
-    return block
+    return run
 
 
 def ablation(opt):
@@ -392,7 +385,7 @@ def ablation(opt):
                 "+ fused LayerNorm kernel": make_step(ln, x, train, grads),
                 "+ channels-last block": make_step(cl, x, train, grads),
             }
-            module_path = make_step(without_fast_paths(ours), x, train, grads)
+            module_path = kernels_off(make_step(ours, x, train, grads))
 
             def no_fold(module_path=module_path):
                 hornet.scaled_call, saved = _unfolded_call, hornet.scaled_call
@@ -403,7 +396,7 @@ def ablation(opt):
 
             steps["ours, module path, s/gammas multiplying outputs"] = no_fold
             steps["+ s/gammas folded into weights, GF one-copy interleave"] = module_path
-            steps["+ CPU fast paths (oneDNN inference, depth-wise backward, blocked MLP)"] = make_step(ours, x, train, grads)
+            steps["+ CPU kernels (oneDNN inference, depth-wise backward, blocked MLP)"] = make_step(ours, x, train, grads)
             if not train:
                 steps["ours, fuse()"] = make_step(fused, x, False, grads)
                 if gf:

@@ -4,7 +4,7 @@
     python benchmarks/bench_models.py --hornet             # also the full-size cfg/hornet/*.yaml
     python benchmarks/bench_models.py --models yolov5s yolov5s-hornet --runs 5
     python benchmarks/bench_models.py --passive            # on a machine shared with other jobs
-    python benchmarks/bench_models.py --fast-paths         # training with the CPU fast paths on vs off
+    python benchmarks/bench_models.py --cpu-kernels        # training with models/cpu_kernels.py on vs off
 
 For each model: parameters, GFLOPs at 640x640 (thop, as the ultralytics engine counts them), CPU inference
 ms/image at 320 and 640 (batch 1, the model fused as detect.py runs it, median of `--runs` runs after a
@@ -91,35 +91,34 @@ def train_images_per_s(model, batch: dict, iters: int) -> float:
     return len(batch["img"]) / statistics.median(times)
 
 
-def fast_paths_table(cfgs, batch: dict, reps: int) -> None:
-    """Training step (loss forward + backward) of each HorNet model with models/hornet.py's CPU fast paths on and
-    off, interleaved in one process; off = no-op forward hooks on bench_layers.fast_path_modules."""
-    from bench_layers import fast_path_modules, timed
+def cpu_kernels_table(cfgs, batch: dict, reps: int) -> None:
+    """Training step (loss forward + backward) of each HorNet model with models/cpu_kernels.py on and off,
+    interleaved in one process."""
+    from bench_layers import kernels_off, timed
 
-    print("| model | module path ms/iter | fast paths ms/iter | train img/s | speed-up |\n|---|---:|---:|---:|---:|")
+    from models import cpu_kernels
+    from models.hornet import HorBlock, gnConv
+
+    print("| model | plain path ms/iter | CPU kernels ms/iter | train img/s | speed-up |\n|---|---:|---:|---:|---:|")
     for cfg in cfgs:
         torch.manual_seed(0)
         model = Model(cfg, verbose=False)
-        hooked = fast_path_modules(model)
-        if not hooked:
+        if not any(isinstance(m, (HorBlock, gnConv)) for m in model.modules()):
             continue
         model.args = get_cfg()
         model.train()
 
-        def step(fast: bool):
-            handles = [] if fast else [m.register_forward_hook(lambda *args: None) for m in hooked]
-            try:
-                model.zero_grad(set_to_none=True)
-                model.loss(batch)[0].sum().backward()
-            finally:
-                for h in handles:
-                    h.remove()
+        def step():
+            model.zero_grad(set_to_none=True)
+            model.loss(batch)[0].sum().backward()
 
-        t = timed({"module": lambda: step(False), "fast": lambda: step(True)}, reps, 2)
-        (slow, _), (fast, _) = t["module"], t["fast"]
+        t = timed({"plain": kernels_off(step), "kernels": step}, reps, 2)
+        (slow, _), (fast, _) = t["plain"], t["kernels"]
         n = len(batch["img"])
         print(f"| {cfg.stem} | {slow:.0f} | {fast:.0f} | {n * 1e3 / slow:.1f} -> {n * 1e3 / fast:.1f} | {slow / fast:.2f}x |",
               flush=True)
+    if cpu_kernels.UNAVAILABLE:
+        print(f"(the CPU kernels cannot run with this torch: {cpu_kernels.UNAVAILABLE}; both columns are the plain path)")
 
 
 def main():
@@ -131,8 +130,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3, help="timed inference runs per size (median)")
     ap.add_argument("--iters", type=int, default=3, help="timed training iterations (median)")
     ap.add_argument("--batch", type=int, default=8, help="training batch size")
-    ap.add_argument("--fast-paths", action="store_true",
-                    help="instead: training with models/hornet.py's CPU fast paths on vs off, per HorNet model (median of 7)")
+    ap.add_argument("--cpu-kernels", action="store_true",
+                    help="instead: training with models/cpu_kernels.py on vs off, per HorNet model (median of 7)")
     opt = ap.parse_args()
     torch.set_num_threads(opt.threads)
 
@@ -146,8 +145,8 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}; inference batch 1 (fused, median of {opt.runs}), "
           f"training batch {opt.batch} at 320 (median of {opt.iters} iterations)\n", flush=True)
 
-    if opt.fast_paths:
-        return fast_paths_table(cfgs, batch, reps=7)
+    if opt.cpu_kernels:
+        return cpu_kernels_table(cfgs, batch, reps=7)
 
     # Warm the process up (thread pool, allocator, oneDNN kernels) on a throwaway model: the first model timed
     # in a fresh process otherwise measured a third slower in training than in a second run.

@@ -1,4 +1,4 @@
-"""HorNet layers (Rao et al., NeurIPS 2022) as YOLOv5 YAML modules.
+"""HorNet layers (Rao et al., NeurIPS 2022) as YOLOv5 YAML modules, in plain PyTorch.
 
 gnConv, its Global Filter, the HorBlock, the CSP form C3HB, the stem and downsampling layers, and the
 YOLOAir-compatible `HorNet` row that builds one stage. Parameter names and shapes are the official
@@ -6,20 +6,19 @@ ones (`proj_in`, `dwconv`, `pws.i`, `proj_out`, `norm1`, `gnconv`, `norm2`, `pwc
 `gamma1`, `gamma2`, ...) so that official state_dicts load as they are.
 
 Every constructor takes the input width `c1` first and the output width `c2` second, as YOLOv5's
-modules do; the parser fills `c1` in from the row's input.
+modules do; the parser fills `c1` in from the row's input. gnConv and HorBlock hand CPU float32 work to
+models/cpu_kernels.py (the same arithmetic, faster there) at one dispatch point each, in their forward.
 """
 
 from __future__ import annotations
 
-from itertools import repeat
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 from ultralytics.nn.modules import C3, Conv
 
+from models import cpu_kernels
 from models.registry import register, row_width, row_width_repeats_inside
 
 __all__ = ("LayerNorm2d", "GlobalLocalFilter", "gnConv", "HorBlock", "C3HB", "HorStem", "ConvStem", "HorDown", "HorNet")
@@ -124,7 +123,7 @@ class GlobalLocalFilter(nn.Module):
         """The filtered (B, C, H, W) tensor times `scale` (gnConv's s, folded into post_norm's affine)."""
         x = self.pre_norm(x)  # channels-last memory: the slices below are cheap views
         local, glob = x.chunk(2, dim=1)
-        local = depthwise(self.dw, local)
+        local = self.dw(local)
         B, C, H, W = glob.shape
         with torch.autocast(device_type=x.device.type, enabled=False):
             spectrum = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
@@ -153,8 +152,7 @@ class gnConv(nn.Module):
     convolutions are several times faster than in NCHW (above all their weight gradient); s is folded
     into the filter's weight and bias (or GF's post_norm affine) instead of multiplying the output;
     `forward(x, gamma)` folds a HorBlock's layer scale into proj_out the same way. `fuse()` makes the
-    folding of s permanent for inference. On CPUs in float32 the depth-wise conv trains with a faster
-    backward (`depthwise`) and inference runs its 1x1 convs as linears (`_forward_onednn`).
+    folding of s permanent for inference. On CPUs in float32 it runs models/cpu_kernels.py's `gnconv`.
     """
 
     def __init__(self, c1: int, c2: int, order: int = 5, filter=7, s: float = 1.0, h: int = 14, w: int = 8):
@@ -181,36 +179,14 @@ class gnConv(nn.Module):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
-        if _onednn_ok(x, self.proj_in, self.proj_out, *self.pws):
-            return self._forward_onednn(x, gamma)
-        # One proj_in then a split: two convs (p and q each contiguous, no copy before the filter) and the
-        # 1x1 convs as nn.Linear on an NHWC view in training both measured no faster, so the simple form stays.
+        if cpu_kernels.applies(x, self):
+            return cpu_kernels.gnconv(self, x, gamma)
         p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
         q = self._filter(q).split(self.dims, dim=1)
-        inplace = not torch.is_grad_enabled()  # in training the multiplies' inputs are kept for backward
-        p = p.mul_(q[0]) if inplace else p * q[0]
+        p = p * q[0]
         for pw, qk in zip(self.pws, q[1:]):
-            p = pw(p).mul_(qk) if inplace else pw(p) * qk
+            p = pw(p) * qk
         return self.proj_out(p) if gamma is None else scaled_call(self.proj_out, p, gamma)
-
-    def _forward_onednn(self, x: torch.Tensor, gamma: torch.Tensor | None, residual=None) -> torch.Tensor:
-        """forward() in CPU float32 inference: the 1x1 convs on the NHWC view (`_pointwise`), gates in place.
-
-        proj_in runs as two linears (p and q rows of its weight), so that q reaches the filter contiguous
-        instead of being copied there; gamma goes onto proj_out's weight without functional_call. HorBlock
-        passes its input as `residual`, added inside proj_out's GEMM.
-        """
-        d0 = self.dims[0]
-        w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
-        p, q = _pointwise(x, w[:d0], b[:d0]), _pointwise(x, w[d0:], b[d0:])
-        q = self._filter(q).split(self.dims, dim=1)
-        p = p.mul_(q[0])
-        for pw, qk in zip(self.pws, q[1:]):
-            p = _pointwise(p, pw.weight.flatten(1), pw.bias).mul_(qk)
-        w, b = self.proj_out.weight.flatten(1), self.proj_out.bias
-        if gamma is not None:
-            w, b = w * gamma[:, None], b * gamma
-        return _pointwise(p, w, b, residual)
 
     def _filter(self, q: torch.Tensor) -> torch.Tensor:
         """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
@@ -218,7 +194,7 @@ class gnConv(nn.Module):
         if isinstance(f, GlobalLocalFilter):
             return f(q, s)
         if isinstance(f, nn.Conv2d):
-            return depthwise(f, q, s)
+            return f(q) if s == 1.0 else scaled_call(f, q, s)
         return f(q) * s  # another module put in the filter's place (utils/export.py's matmul Global Filter)
 
     @torch.no_grad()
@@ -230,209 +206,6 @@ class gnConv(nn.Module):
             f.bias.mul_(self.scale)
             self.scale = 1.0
         return self
-
-
-# ---------------------------------------------------------------------------------------------------
-# CPU float32 fast paths. Each replaces a module call with the same arithmetic in a form that measured faster on
-# CPUs (benchmarks/bench_layers.py); each falls back to the module itself whenever that could matter to a user:
-# hooks on the module (thop's FLOP count, feature taps), tracing or compiling (exporters must see the modules),
-# autocast, other dtypes and devices.
-# ---------------------------------------------------------------------------------------------------
-
-
-def _probe_onednn_linear():
-    """oneDNN's linear op (with fused GELU, `.binary` with a fused add) if this torch build has it and takes our
-    arguments, else None (then every path below is the plain one)."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        x, w, b = torch.ones(2, 4), torch.ones(3, 4), torch.zeros(3)
-        op(x, w, b, "gelu", [], "none")
-        op.binary(x, torch.ones(2, 3), w, b, "add")
-        return op
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_ONEDNN_LINEAR = _probe_onednn_linear()
-
-
-def _cpu_fast_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
-    """Whether `modules` may be bypassed for a CPU fast path on input `x`: see the section comment."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-        return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    g = nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks:
-        return False
-    return all(  # a module without a weight of its own (gnConv) only needs to be free of hooks
-        getattr(m, "weight", x).dtype == torch.float32 and not (m._forward_hooks or m._forward_pre_hooks) for m in modules
-    )
-
-
-def _onednn_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
-    """Whether `modules` may run on oneDNN's linear op: CPU float32 inference (the op has no backward)."""
-    return _ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and _cpu_fast_ok(x, *modules)
-
-
-def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual=None) -> torch.Tensor:
-    """A 1x1 conv (weight (C_out, C_in)) on a channels-last (B, C, H, W) tensor, as a linear on its free NHWC view,
-    plus `residual` (channels-last, the output's shape) when given, added inside oneDNN's GEMM.
-
-    oneDNN's linear for the large weights, F.linear (MKL) for the small ones, where oneDNN's fixed cost of about
-    15 us per call shows (2 threads: 196x32 -> 64 11 us against 25 us; 49x512 -> 2048 726 us against 545 us).
-    Measured against bench_layers' plain form (HorNet-T 7x7 backbone, 1x3x224x224, fused, 2 threads, both variants
-    interleaved in one process): 1.28x -> 1.39x when gnConv's 1x1 convs moved from nn.Conv2d to oneDNN's linear
-    (separate benchmark runs vary by about 0.1): PyTorch sends the small pws convs (under 20480 input values at
-    batch 1) to an im2col kernel that also copies channels-last inputs.
-    """
-    x = x.permute(0, 2, 3, 1)
-    if residual is not None:
-        y = _ONEDNN_LINEAR.binary(x, residual.permute(0, 2, 3, 1), weight, bias, "add")
-    elif weight.numel() > 32768:
-        y = _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-    else:
-        y = F.linear(x, weight, bias)
-    return y.permute(0, 3, 1, 2)
-
-
-class _DepthwiseConvCPU(torch.autograd.Function):
-    """A stride-1 'same' depth-wise conv, (B, C, H, W) channels-last -> same, with a faster CPU backward.
-
-    PyTorch's backward asks oneDNN for all three gradients at once. Measured on 8x224x40x40 with a 7x7 kernel, 2
-    threads: 31 ms for all three; the input gradient alone 6.2 ms, but as a forward conv with the flipped kernel 2.5
-    ms; the weight gradient alone 21 ms, 26 ms with the bias gradient, which is a plain sum. Here: flipped forward
-    conv, weight gradient alone, sum: about 24 ms, and HorBlock 7x7 forward+backward about 10 ms faster.
-    Where the kernel covers the whole map (HorNet-T's last stage at 224: 7x7), oneDNN's channels-last weight
-    gradient is pathological (1x992x7x7: 14 ms, NCHW 0.9 ms with the two copies), so it gets NCHW copies there.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        c, pad = weight.shape[0], weight.shape[-1] // 2
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=c)
-        if ctx.needs_input_grad[1]:
-            a, b = (grad, x) if min(x.shape[-2:]) > weight.shape[-1] else (grad.contiguous(), x.contiguous())
-            grad_w = torch.ops.aten.convolution_backward(
-                a, b, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [False, True, False]
-            )[1]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
-
-
-def depthwise(conv: nn.Conv2d, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """`conv(x) * scale` for one of our depth-wise convs (stride 1, 'same' padding); the scale goes onto the weights.
-
-    On CPUs in float32: training through _DepthwiseConvCPU, inference as F.conv2d with the scaled weights (no
-    functional_call); otherwise the module itself (scaled_call).
-    """
-    if not _cpu_fast_ok(x, conv):
-        return conv(x) if scale == 1.0 else scaled_call(conv, x, scale)
-    weight, bias = conv.weight, conv.bias
-    if scale != 1.0:
-        weight, bias = weight * scale, None if bias is None else bias * scale
-    if not torch.is_grad_enabled():
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
-    return _DepthwiseConvCPU.apply(x.contiguous(memory_format=torch.channels_last), weight, bias)
-
-
-_MLP_BLOCK_BYTES = 2 << 20  # float32 hidden activations per row block: about what fits in L2 on 2 cores
-
-
-def _mlp_rows(x: torch.Tensor, w1, b1, w2, b2, keep_hidden: bool, residual=None):
-    """Rows of x (N, C) through linear(w1, b1), GELU, linear(w2, b2) on oneDNN, a block of rows at a time.
-
-    A block's hidden activations (rows x 4C) stay in cache from the first linear to the second: measured, 2
-    threads, 12800 x 128 -> 512 -> 128 forward+backward: nn.Linear/GELU ~94 ms, oneDNN on whole tensors ~83 ms,
-    in 1024-row blocks ~73 ms. In inference GELU is fused into the first linear (that took the HorNet-T backbone,
-    224, fused, from 1.31x to 1.42x the plain form's speed in one A/B run), and `residual` (N, C), when given, is
-    added inside the second; in training the pre-GELU blocks are returned for backward.
-    """
-    rows = max(64, _MLP_BLOCK_BYTES // (4 * w1.shape[0]))
-    ys, hidden = [], []
-    for xb, rb in zip(x.split(rows), repeat(None) if residual is None else residual.split(rows)):
-        if keep_hidden:
-            h = _ONEDNN_LINEAR(xb, w1, b1, "none", [], "")
-            hidden.append(h)
-            h = F.gelu(h)
-        else:
-            h = _ONEDNN_LINEAR(xb, w1, b1, "gelu", [], "none")
-        if rb is None:
-            ys.append(_ONEDNN_LINEAR(h, w2, b2, "none", [], ""))
-        else:
-            ys.append(_ONEDNN_LINEAR.binary(h, rb, w2, b2, "add"))
-    return (ys[0] if len(ys) == 1 else torch.cat(ys)), hidden
-
-
-class _MlpCPU(torch.autograd.Function):
-    """HorBlock's MLP, (N, C) -> (N, C), on oneDNN in row blocks (see _mlp_rows), with a matching blocked backward.
-
-    Saves only the input and the pre-GELU activations; GELU is recomputed per block in backward, where the block is
-    in cache. The weight gradients accumulate over blocks.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
-        y, hidden = _mlp_rows(x, w1, b1, w2, b2, keep_hidden=True)
-        ctx.save_for_backward(x, w1, w2, *hidden)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, w1, w2, *hidden = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x, grad_w1, grad_w2 = torch.empty_like(x), torch.zeros_like(w1), torch.zeros_like(w2)
-        grad_b1 = w1.new_zeros(w1.shape[0])
-        start = 0
-        for h in hidden:
-            end = start + h.shape[0]
-            g = grad[start:end]
-            grad_w2.addmm_(g.t(), F.gelu(h))
-            g = g.mm(w2)  # gradient at the GELU's output, then (in place) at its input
-            torch.ops.aten.gelu_backward.grad_input(g, h, grad_input=g)
-            grad_w1.addmm_(g.t(), x[start:end])
-            grad_b1 += g.sum(0)
-            torch.mm(g, w1, out=grad_x[start:end])
-            start = end
-        return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0)
-
-
-def _mlp_fast_ok(x: torch.Tensor, block: "HorBlock") -> bool:
-    """Whether the block's MLP may run as _mlp_rows / _MlpCPU: CPU float32, exact GELU, oneDNN present."""
-    act = block.act
-    exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
-    return _ONEDNN_LINEAR is not None and exact_gelu and _cpu_fast_ok(x, block.pwconv1, block.pwconv2)
-
-
-def _mlp_fast(x: torch.Tensor, block: "HorBlock", gamma: torch.Tensor | None, residual=None) -> torch.Tensor:
-    """gamma * pwconv2(GELU(pwconv1(x))) for x (B, H, W, C); gamma (None after fuse()) folded into pwconv2.
-
-    Plus `residual` (B, H, W, C) contiguous, when given: inference only."""
-    w1, b1, w2, b2 = block.pwconv1.weight, block.pwconv1.bias, block.pwconv2.weight, block.pwconv2.bias
-    if gamma is not None:
-        w2, b2 = w2 * gamma[:, None], b2 * gamma
-    rows = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled():
-        y = _MlpCPU.apply(rows, w1, b1, w2, b2)
-    else:
-        res = None if residual is None else residual.reshape(-1, residual.shape[-1])
-        y = _mlp_rows(rows, w1, b1, w2, b2, keep_hidden=False, residual=res)[0]
-    return y.view(*x.shape[:-1], -1)
 
 
 class DropPath(nn.Module):
@@ -474,8 +247,7 @@ class HorBlock(nn.Module):
     Speed (see benchmarks/bench_layers.py): the block keeps its tensors in channels-last memory, so the
     MLP's channels-last view is free (no permute copies) and both LayerNorms are the fused kernel; the
     gammas are folded into proj_out and pwconv2 (weights, not activations), in training too. `fuse()`
-    makes that folding permanent for inference. On CPUs in float32 the MLP runs on oneDNN a block of
-    rows at a time, in training with its own backward (`_mlp_rows`, `_MlpCPU`).
+    makes that folding permanent for inference. On CPUs in float32 it runs models/cpu_kernels.py's `horblock`.
     """
 
     def __init__(
@@ -505,28 +277,13 @@ class HorBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x).contiguous(memory_format=torch.channels_last)
-        g = self.gnconv
-        no_drop_path = not self.training or self.drop_path.p == 0
-        if no_drop_path and _onednn_ok(x, g, g.proj_in, g.proj_out, *g.pws) and _mlp_fast_ok(x, self):
-            return self._forward_onednn(x)
-        x = x + self.drop_path(self.gnconv(self.norm1(x), None if self.fused else self.gamma1))
-        y = self.norm2(x.permute(0, 2, 3, 1))  # a free view: x is channels-last
-        gamma = None if self.fused else self.gamma2
-        if _mlp_fast_ok(y, self):
-            y = _mlp_fast(y, self, gamma)
-        else:
-            y = self.act(self.pwconv1(y))
-            y = self.pwconv2(y) if gamma is None else scaled_call(self.pwconv2, y, gamma)
+        if cpu_kernels.applies(x, self):
+            return cpu_kernels.horblock(self, x)
+        gamma1, gamma2 = (None, None) if self.fused else (self.gamma1, self.gamma2)
+        x = x + self.drop_path(self.gnconv(self.norm1(x), gamma1))
+        y = self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1))))  # a free view: x is channels-last
+        y = self.pwconv2(y) if gamma2 is None else scaled_call(self.pwconv2, y, gamma2)
         return x + self.drop_path(y.permute(0, 3, 1, 2))
-
-    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
-        """forward() in CPU float32 inference: gnConv's and the MLP's fast paths called directly, both residual
-        adds inside the GEMMs before them (oneDNN's add post-op). HorNet-T backbone at 224, same process against the
-        general forward: 1.24-1.28x -> 1.30x the plain form's speed after fuse(); the fused adds alone: +2-4 %
-        unfused, +-0 after fuse()."""
-        x = self.gnconv._forward_onednn(self.norm1(x), None if self.fused else self.gamma1, residual=x)
-        x = x.permute(0, 2, 3, 1)  # a free view: proj_out wrote channels-last
-        return _mlp_fast(self.norm2(x), self, None if self.fused else self.gamma2, residual=x).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def fuse(self) -> "HorBlock":

@@ -1,6 +1,6 @@
-"""export.py: ONNX and TorchScript files match PyTorch (HorNet and HorNet-GF models, square and non-square
-sizes, dynamic axes), carry the metadata ultralytics' AutoBackend reads, run in detect.py, and give val.py
-the same mAP as the .pt.
+"""export.py: ONNX, TorchScript and OpenVINO exports match PyTorch (HorNet and HorNet-GF models, square and
+non-square sizes, dynamic axes; OpenVINO in float32 and in the CPU's reduced precision), carry the metadata
+ultralytics' AutoBackend reads, run in detect.py, and give val.py the same mAP as the .pt.
 
 Models are tiny and untrained (yolov5n-hornet / yolov5n-hornet-gf, nc=3, 64-96 px inputs). Outputs are
 compared on fresh random inputs, not only on the one export.py checks itself with.
@@ -20,11 +20,28 @@ import torch
 import export
 from models.hornet import GlobalLocalFilter
 from models.yolo import Model, load_model_yaml, save_checkpoint
-from utils.export import DynamicGlobalFilter, MatmulGlobalFilter, max_diffs, onnx_output, read_metadata, reference_output, torchscript_output
+from utils.export import (
+    DynamicGlobalFilter,
+    MatmulGlobalFilter,
+    max_diffs,
+    onnx_output,
+    openvino_output,
+    openvino_reduced_precision,
+    read_metadata,
+    reference_output,
+    torchscript_output,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 TOL = 1e-3
+try:
+    import openvino  # noqa: F401
+
+    NO_OPENVINO = ""
+except ImportError as e:  # a platform without openvino wheels
+    NO_OPENVINO = f"the openvino package cannot be imported here ({e}): OpenVINO export is not tested"
+needs_openvino = pytest.mark.skipif(bool(NO_OPENVINO), reason=NO_OPENVINO)
 
 
 @pytest.fixture(scope="module")
@@ -98,19 +115,60 @@ def test_matmul_global_filter_equals_fft(size):
         assert (DynamicGlobalFilter(gf)(x) - gf(x)).abs().max() < 1e-4
 
 
+@needs_openvino
+@pytest.mark.parametrize("key", ["hornet", "gf"])
+@pytest.mark.parametrize("half", [False, True], ids=["f32", "reduced"])
+def test_openvino_matches_pytorch(checkpoints, tmp_path, key, half):
+    """An OpenVINO folder per export, float32 to TOL; with --half the CPU's reduced precision (bf16 where it has it)."""
+    path, model = checkpoints[key]
+    weights = copy_to(tmp_path, path)
+    results = export.run(weights=weights, include=["openvino"], imgsz=[64, 96], half=half)
+    folder = tmp_path / f"{key}_openvino_model"
+    assert results["openvino"]["file"] == folder and {p.name for p in folder.iterdir()} == {f"{key}.xml", f"{key}.bin", "metadata.yaml"}
+    meta = read_metadata(folder)
+    assert meta["imgsz"] == [64, 96] and meta["names"] == NAMES and meta["args"]["half"] is half and meta["args"]["format"] == "openvino"
+    tol = export.TOLERANCE_BF16 if half and openvino_reduced_precision() else TOL
+    for seed in (0, 1):
+        im = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(seed))
+        want = reference_output(model, im)
+        got = openvino_output(folder, im, half=half)
+        diff_boxes, diff_scores = max_diffs(got, want)
+        assert got.shape == want.shape and diff_scores < tol and diff_boxes < tol * 96, (diff_boxes, diff_scores)
+    if half and openvino_reduced_precision():  # the reduced precision is really used: float32 would match to 1e-4
+        assert max_diffs(openvino_output(folder, im, half=True), want)[0] > 1e-3
+
+
+@needs_openvino
+def test_openvino_dynamic_runs_other_sizes(checkpoints, tmp_path):
+    path, model = checkpoints["gf"]
+    weights = copy_to(tmp_path, path)
+    export.run(weights=weights, include=["openvino"], imgsz=[64], dynamic=True)
+    for shape in [(2, 3, 96, 64), (1, 3, 128, 160)]:
+        im = torch.rand(*shape)
+        got, want = openvino_output(tmp_path / "gf_openvino_model", im), reference_output(model, im)
+        assert got.shape == want.shape and np.abs(got - want).max() < TOL, shape
+
+
 def test_exported_files_run_in_detect(checkpoints, tmp_path):
+    """detect.py takes each export as it takes the .pt; an OpenVINO export computes in the precision it was made for."""
     import detect
 
     weights = copy_to(tmp_path, checkpoints["gf"][0])
-    export.run(weights=weights, include=["onnx", "torchscript"], imgsz=[64, 96])
+    formats = ["onnx", "torchscript"] + ([] if NO_OPENVINO else ["openvino"])
+    files = export.run(weights=weights, include=formats, imgsz=[64, 96])
     import cv2
 
     image = tmp_path / "img.jpg"
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
-    for suffix in (".onnx", ".torchscript"):
-        p = detect.run(weights=weights.with_suffix(suffix), source=image, project=tmp_path / "runs", device="cpu", imgsz=[64, 96])
+    for fmt in formats:
+        p = detect.run(weights=files[fmt]["file"], source=image, project=tmp_path / "runs", device="cpu", imgsz=[64, 96])
         assert p.model.names == NAMES and list(p.imgsz) == [64, 96]
         assert (p.save_dir / "img.jpg").is_file()
+    if not NO_OPENVINO:
+        xml = files["openvino"]["file"] / "gf.xml"  # the .xml inside the folder is taken too
+        for half, want in ((False, "f32"), (True, openvino_reduced_precision() or "f32")):
+            p = detect.run(weights=xml, source=image, project=tmp_path / "runs", device="cpu", imgsz=[64, 96], half=half, nosave=True)
+            assert p.model.backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT").get_type_name() == want
 
 
 def test_half_on_cpu_exports_float32(checkpoints, tmp_path):
@@ -136,8 +194,8 @@ def test_bad_weights_and_formats(tmp_path):
 
 @pytest.mark.skipif(not (ROOT / "val.py").is_file(), reason="val.py is not in this checkout")
 @pytest.mark.parametrize("cfg", ["cfg/yolov5n-hornet.yaml", "cfg/yolov5n-hornet-gf.yaml"])
-def test_val_map_onnx_equals_pt(tmp_path, cfg):
-    """val.py gives the same mAP (within 0.01) on the .pt and on its ONNX export.
+def test_val_map_of_exports_equals_pt(tmp_path, cfg):
+    """val.py gives the same mAP (within 0.01) on the .pt and on each of its exports (dynamic: the same input tensors).
 
     An untrained model scores near 0 mAP on real labels, which would make the comparison empty, so the
     val labels here are the .pt model's own detections (detect.py --save-txt): the .pt then scores a high
@@ -178,11 +236,12 @@ def test_val_map_onnx_equals_pt(tmp_path, cfg):
 
     # --dynamic: val.py validates .pt models on rectangular batches padded to the stride (96 px images run
     # at 128x128); a dynamic export gets those same input tensors, a fixed-size one is letterboxed to its size
-    files = export.run(weights=weights, include=["onnx", "torchscript"], imgsz=[96], dynamic=True)
+    formats = ["onnx", "torchscript"] + ([] if NO_OPENVINO else ["openvino"])
+    files = export.run(weights=weights, include=formats, imgsz=[96], dynamic=True)
     keys = ("metrics/mAP50(B)", "metrics/mAP50-95(B)")
     m_pt = val.run(weights=str(weights), data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
     assert m_pt["metrics/mAP50(B)"] > 0.25  # a comparison worth making (val's padded batches differ from detect's)
-    for fmt in ("onnx", "torchscript"):
+    for fmt in formats:
         m = val.run(weights=str(files[fmt]["file"]), data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
         for k in keys:
             assert abs(m[k] - m_pt[k]) <= 0.01, (fmt, k, m_pt[k], m[k])

@@ -162,7 +162,7 @@ def test_concurrent_run_folders_are_distinct(tmp_path):
 
 @pytest.fixture(scope="module")
 def mistakes(tiny_data, tmp_path_factory) -> dict:
-    """Files for the user-mistake table: a finished run, truncated/pickled/text .pt, corrupt .onnx and images."""
+    """Files for the user-mistake table: a finished run, truncated/pickled/text .pt, corrupt .onnx, OpenVINO and images."""
     d = tmp_path_factory.mktemp("mistakes")
     r = subprocess.run(train_cmd("--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", "1", "--img", "64",
                                  "--workers", "0", "--noplots", "--project", str(d / "runs")), cwd=ROOT, env=ENV,
@@ -173,6 +173,9 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     torch.save({"model": torch.nn.Linear(2, 2)}, d / "pickled.pt")
     (d / "notes.pt").write_text("not weights")
     (d / "corrupt.onnx").write_bytes(os.urandom(4000))
+    (d / "corrupt_openvino_model").mkdir()
+    (d / "corrupt_openvino_model" / "corrupt.xml").write_text("<net><layers>")
+    (d / "corrupt_openvino_model" / "corrupt.bin").write_bytes(os.urandom(400))
     (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(200))
     (d / "empty.jpg").write_bytes(b"")
     (d / "bad.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detectt, [nc]]]\n")
@@ -196,12 +199,14 @@ MISTAKES = {
     "train-finished": ("train.py", "--resume {last}", "that run is finished"),
     "train-data": ("train.py", "--data coco128.yaml", "data/shapes.yaml"),
     "val-onnx": ("val.py", "--weights {dir}/corrupt.onnx --data {data}", "corrupt.onnx: cannot be loaded"),
+    "val-openvino": ("val.py", "--weights {dir}/corrupt_openvino_model --data {data}", "corrupt_openvino_model: cannot be loaded"),
     "val-text": ("val.py", "--weights {dir}/notes.pt --data {data}", "not a torch file"),
     "val-data": ("val.py", "--weights {best} --data coco128.yaml", "data YAML not found"),
     "val-device": ("val.py", "--weights {best} --data {data} --device 99", "--device 99"),
     "detect-corrupt-image": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg", "no image or video frame could be read"),
     "detect-empty-image": ("detect.py", "--weights {best} --source {dir}/empty.jpg", "no image or video frame could be read"),
     "detect-onnx": ("detect.py", "--weights {dir}/corrupt.onnx --source {dir}/corrupt.jpg", "corrupt.onnx"),
+    "detect-openvino": ("detect.py", "--weights {dir}/corrupt_openvino_model/corrupt.xml --source {dir}/corrupt.jpg", "corrupt_openvino_model"),
     "detect-device": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --device 99", "--device 99"),
     "export-text": ("export.py", "--weights {dir}/notes.pt", "not a torch file"),
     "export-onnx": ("export.py", "--weights {dir}/corrupt.onnx", "not a HorNet-YOLOv5 checkpoint"),

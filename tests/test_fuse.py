@@ -1,6 +1,6 @@
-"""The fast HorNet layers after the speed work (issue 6): still exact to the official fixtures, before and
-after `fuse()`, in train and eval mode, whole models unchanged by `Model.fuse()`, GF differentiable
-under autocast."""
+"""The HorNet layers exact to the official fixtures on both paths (the plain PyTorch layers and the CPU kernels of
+models/cpu_kernels.py), before and after `fuse()`, in train and eval mode; whole models unchanged by `Model.fuse()`;
+GF differentiable under autocast; the kernels off on a torch whose private ops are missing."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import cpu_kernels
 from models.hornet import GlobalLocalFilter, HorBlock, gnConv
 from models.yolo import Model, parse_model
 
@@ -37,8 +38,16 @@ def max_err(layer, case) -> float:
     return err
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu-kernels", "plain"])
 @pytest.mark.parametrize("case", fixture_cases())
-def test_fixture_case_eval_train_and_fused(case):
+def test_fixture_case_eval_train_and_fused(case, kernels):
+    if kernels and cpu_kernels.UNAVAILABLE:
+        pytest.skip(f"the CPU kernels cannot run with this torch: {cpu_kernels.UNAVAILABLE}")
+    with cpu_kernels.enabled(kernels):
+        check_fixture_case(case)
+
+
+def check_fixture_case(case):
     layer = build(case)
     with torch.no_grad():
         assert max_err(layer.eval(), case) < TOL, "eval mode"
@@ -102,16 +111,13 @@ def test_gf_filter_cache_follows_weight_updates():
         assert torch.allclose(gf(x), a, atol=1e-6)
 
 
-def test_inference_fast_paths_match_the_module_path(monkeypatch):
+def test_inference_kernels_match_the_plain_path(monkeypatch):
     """No-grad CPU inference takes oneDNN's fused linear+GELU, the residual adds inside the GEMMs and in-place
-    gating, the MLP in several row blocks here; a hook on pwconv1 (as thop adds) forces the plain module path:
-    both give the same block output."""
-    import models.hornet as hornet
-
-    monkeypatch.setattr(hornet, "_MLP_BLOCK_BYTES", 4 * 256 * 100)  # 100-row blocks: 960 rows = 9 blocks + 60
+    gating, the MLP in several row blocks here; the same block with the kernels switched off gives the same output."""
+    monkeypatch.setattr(cpu_kernels, "_MLP_BLOCK_BYTES", 4 * 256 * 100)  # 100-row blocks: 960 rows = 9 blocks + 60
     calls = []
-    mlp_rows = hornet._mlp_rows
-    monkeypatch.setattr(hornet, "_mlp_rows", lambda *a, **k: calls.append(k.get("residual") is not None) or mlp_rows(*a, **k))
+    mlp_rows = cpu_kernels._mlp_rows
+    monkeypatch.setattr(cpu_kernels, "_mlp_rows", lambda *a, **k: calls.append(k.get("residual") is not None) or mlp_rows(*a, **k))
     torch.manual_seed(0)
     block = HorBlock(64, 64, order=3).eval()
     _randomize_gammas(block)
@@ -119,9 +125,9 @@ def test_inference_fast_paths_match_the_module_path(monkeypatch):
     with torch.no_grad():
         fast = block(x)
         assert calls == [True], "the fused inference path (MLP with the residual inside) was not taken"
-        handle = block.pwconv1.register_forward_hook(lambda m, i, o: None)
-        plain = block(x)
-        handle.remove()
+        with cpu_kernels.enabled(False):
+            plain = block(x)
+        assert calls == [True], "the switch did not turn the kernels off"
     with torch.enable_grad():
         graded = block(x)
     assert (fast - plain).abs().max().item() < 1e-5
@@ -142,13 +148,11 @@ def _backward_nodes(t: torch.Tensor) -> set:
 
 
 @pytest.mark.parametrize("filt,size", [(7, (12, 10)), (7, (7, 5)), ("gf", (12, 10))])
-def test_training_fast_paths_match_float64_module_path(filt, size, monkeypatch):
-    """CPU float32 training runs the depth-wise conv and the MLP through their own backward (see models/hornet.py);
+def test_training_kernels_match_float64_plain_path(filt, size, monkeypatch):
+    """CPU float32 training runs the depth-wise conv and the MLP through their own backward (models/cpu_kernels.py);
     float64 takes the modules' own autograd. Outputs and every gradient agree, the MLP split into several row
     blocks with a remainder; a map no larger than the 7x7 kernel takes the NCHW weight-gradient branch."""
-    import models.hornet as hornet
-
-    monkeypatch.setattr(hornet, "_MLP_BLOCK_BYTES", 4 * 128 * 64)  # 64-row blocks: 240 rows = 3 blocks + 48
+    monkeypatch.setattr(cpu_kernels, "_MLP_BLOCK_BYTES", 4 * 128 * 64)  # 64-row blocks: 240 rows = 3 blocks + 48
     torch.manual_seed(0)
     block = HorBlock(32, 32, order=3, filter=filt, h=6, w=4).train()
     _randomize_gammas(block)
@@ -161,7 +165,7 @@ def test_training_fast_paths_match_float64_module_path(filt, size, monkeypatch):
         y = m(xi)
         if m is block:
             nodes = _backward_nodes(y)
-            assert "_MlpCPUBackward" in nodes and "_DepthwiseConvCPUBackward" in nodes, nodes
+            assert "_MlpCPUBackward" in nodes and ("_DepthwiseConvCPUBackward" in nodes or filt == "gf"), nodes
         y.backward(g.to(y.dtype))
         results.append([y.detach(), xi.grad] + [p.grad for p in m.parameters()])
     names = ["output", "input grad"] + [n for n, _ in block.named_parameters()]
@@ -173,7 +177,7 @@ def test_training_fast_paths_match_float64_module_path(filt, size, monkeypatch):
 @pytest.mark.parametrize("name", ["gnconv", "gnconv.proj_in", "gnconv.dwconv", "gnconv.pws.0", "gnconv.proj_out", "pwconv1", "pwconv2"])
 @pytest.mark.parametrize("train", [False, True])
 def test_a_hook_on_any_bypassed_module_fires(name, train):
-    """The CPU fast paths call the arithmetic of these modules directly; a forward hook on any one of them (a
+    """The CPU kernels call the arithmetic of these modules directly; a forward hook on any one of them (a
     feature tap, thop's FLOP count) must still see its call, in inference and in training."""
     block = HorBlock(32, 32, order=3).train(train)
     module = block.get_submodule(name)
@@ -182,3 +186,36 @@ def test_a_hook_on_any_bypassed_module_fires(name, train):
     with torch.set_grad_enabled(train):
         block(torch.randn(1, 32, 10, 12))
     assert seen, f"the hook on {name} did not fire"
+
+
+def test_missing_private_ops_turn_the_kernels_off_and_layers_stay_exact(monkeypatch, reference):
+    """A torch without oneDNN's linear op (or with it changed): probe() says why, and with the kernels unavailable
+    every layer takes its plain path, still exact to the official fixtures in inference and training."""
+
+    class NoMkldnn:
+        def __getattr__(self, name):
+            raise AttributeError(f"no op {name}")
+
+    monkeypatch.setattr(torch.ops, "mkldnn", NoMkldnn())
+    op, why = cpu_kernels.probe()
+    assert op is None and "_linear_pointwise" in why
+    monkeypatch.undo()
+
+    def wrong_gelu(x, w, b, attr, scalars, algorithm):  # an op that runs but computes something else
+        return torch.nn.functional.linear(x, w, b) * 1.01
+
+    class ChangedMkldnn:
+        _linear_pointwise = wrong_gelu
+
+    monkeypatch.setattr(torch.ops, "mkldnn", ChangedMkldnn())
+    op, why = cpu_kernels.probe()
+    assert op is None and why, why
+    monkeypatch.undo()
+
+    monkeypatch.setattr(cpu_kernels, "_LINEAR", None)
+    taken = []
+    monkeypatch.setattr(cpu_kernels, "horblock", lambda *a: taken.append(1))
+    monkeypatch.setattr(cpu_kernels, "gnconv", lambda *a: taken.append(1))
+    for case in reference["cases"]:
+        check_fixture_case(case)
+    assert not taken

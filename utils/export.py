@@ -1,9 +1,15 @@
-"""Export helpers: an exportable form of the model, ultralytics-style metadata, ONNX/TorchScript writers, checks.
+"""Export helpers: an exportable form of the model, ultralytics-style metadata, ONNX/TorchScript/OpenVINO writers, checks.
 
 The ONNX file is written by the ultralytics exporter's own `torch2onnx` (the TorchScript-based
-`torch.onnx.export`), the TorchScript file by its `torch2torchscript`. Both embed the metadata that
-ultralytics' `AutoBackend` reads back (stride, names, imgsz, task, batch, args...), so the exported files
-run in `detect.py`, `val.py` and any ultralytics predictor/validator as they are.
+`torch.onnx.export`), the TorchScript file by its `torch2torchscript`, the OpenVINO folder by its
+`torch2openvino`. All carry the metadata that ultralytics' `AutoBackend` reads back (stride, names,
+imgsz, task, batch, args...), so the exported models run in `detect.py`, `val.py` and any ultralytics
+predictor/validator as they are.
+
+OpenVINO runs a model in the precision it is compiled with, and its CPU plugin picks bfloat16 by itself on
+CPUs that have it (AVX512-BF16, AMX); ultralytics' backend compiles without a precision hint. So the
+precision asked for at export (float32, or the CPU's reduced precision with --half) is recorded in the
+metadata (`args.half`), and `run_in_export_precision` recompiles a loaded float32 export with the f32 hint.
 
 The Global Filter (GF) computes `irfft2(rfft2(x) * filter)`, and the TorchScript-based ONNX exporter
 refuses `aten::fft_rfft2`. For a fixed input size that whole step is a linear map, so `MatmulGlobalFilter`
@@ -14,6 +20,7 @@ numbers, in operators every runtime has.
 from __future__ import annotations
 
 import math
+import shutil
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -249,6 +256,87 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file, metadata: dict, opset:
     return Path(file)
 
 
+def export_openvino(model: nn.Module, im: torch.Tensor, folder, metadata: dict, dynamic: bool = False) -> Path:
+    """Write `model` (an exportable_model) as an OpenVINO folder: `<name>.xml` and `.bin` (float32 weights) and
+    `metadata.yaml`, the layout ultralytics' exporter writes. A previous folder of that name is replaced whole.
+
+    `dynamic`: any batch and image size (a Global Filter model must then come from exportable_model(..., dynamic=True)).
+    """
+    import openvino as ov
+    from ultralytics.utils import YAML
+    from ultralytics.utils.export.openvino import torch2openvino
+
+    folder = Path(folder)
+    ov_model = torch2openvino(model, im, dynamic=dynamic, prefix="OpenVINO:")
+    tmp = folder.with_name(folder.name + ".tmp")  # written aside, swapped in whole: a failed export leaves the old one
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ov.save_model(ov_model, tmp / f"{folder.name.removesuffix('_openvino_model')}.xml", compress_to_fp16=False)
+    YAML.save(tmp / "metadata.yaml", metadata)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def runtime_reason(e: BaseException) -> str:
+    """One line saying why a runtime refused a model: its first line that is not an 'Exception from <source file>' frame."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith("Exception from ")]
+    return (reasons or lines or [type(e).__name__])[0][:200]
+
+
+def export_path(weights) -> Path:
+    """The path AutoBackend takes for `weights`: an OpenVINO export's folder when given the .xml inside it."""
+    path = Path(weights)
+    return path.parent if path.suffix == ".xml" and path.parent.name.endswith("_openvino_model") else path
+
+
+def openvino_xml(path) -> Path:
+    """The model file of an OpenVINO export: `path` itself if it is the .xml, else the one .xml in the folder."""
+    path = Path(path)
+    found = [path] if path.suffix == ".xml" else sorted(path.glob("*.xml"))
+    if not found:
+        raise FileNotFoundError(f"{path}: no OpenVINO model (.xml) in this folder")
+    return found[0]
+
+
+def openvino_reduced_precision() -> str | None:
+    """The precision OpenVINO's CPU plugin runs in by default here ('bf16', 'f16'), or None when that is float32."""
+    import openvino as ov
+
+    precision = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    return None if precision == "f32" else precision
+
+
+def compile_openvino(path, half: bool = False, device: str = "CPU", threads: int | None = None):
+    """The OpenVINO export at `path` compiled for latency: in float32, or with `half` in the device's default
+    (reduced where the hardware has it) precision; on `threads` CPU threads when given."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if not half:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(core.read_model(openvino_xml(path)), device, config)
+
+
+def run_in_export_precision(model, weights, half: bool = False) -> None:
+    """Make an AutoBackend that runs an OpenVINO export on the CPU compute in float32, unless the export was made
+    with --half or `half` is asked for now; other formats and devices are left as they are.
+
+    ultralytics' backend compiles without a precision hint, which on a CPU with bfloat16 means bfloat16.
+    """
+    backend = getattr(model, "backend", None)
+    if type(backend).__name__ != "OpenVINOBackend" or not hasattr(backend, "ov_compiled_model"):
+        return
+    if half or (backend.metadata.get("args") or {}).get("half"):
+        return
+    if list(backend.ov_compiled_model.get_property("EXECUTION_DEVICES")) == ["CPU"]:
+        backend.ov_compiled_model = compile_openvino(weights, half=False)
+
+
 def simplify_onnx(proto):
     """The graph simplified by onnxslim or onnxsim, whichever is installed; unchanged (with a message) if neither."""
     try:
@@ -279,6 +367,12 @@ def onnx_output(file, im: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     x = im.detach().cpu().numpy()
     return session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
+
+
+def openvino_output(path, im: torch.Tensor, half: bool = False) -> np.ndarray:
+    """The OpenVINO export's output (B, 4 + nc, N) on `im` (CPU, float32 or with `half` the reduced precision)."""
+    compiled = compile_openvino(path, half=half)
+    return np.asarray(compiled(im.detach().cpu().float().numpy())[0], dtype=np.float32)
 
 
 def torchscript_output(file, im: torch.Tensor) -> np.ndarray:
@@ -314,12 +408,20 @@ __all__ = (
     "DynamicGlobalFilter",
     "MatmulGlobalFilter",
     "exportable_model",
+    "export_path",
+    "runtime_reason",
     "export_metadata",
+    "compile_openvino",
     "export_onnx",
+    "export_openvino",
     "export_torchscript",
     "has_global_filter",
     "max_diffs",
     "onnx_output",
+    "openvino_output",
+    "openvino_reduced_precision",
+    "openvino_xml",
+    "run_in_export_precision",
     "reference_output",
     "torchscript_output",
     "read_metadata",

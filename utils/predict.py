@@ -24,6 +24,7 @@ from ultralytics.data.utils import IMG_FORMATS, VID_FORMATS
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import ASSETS, LOGGER, MACOS, WINDOWS
 from ultralytics.utils.torch_utils import scale_img
+from utils.export import run_in_export_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "tcp://")
@@ -152,10 +153,11 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
 
 
 class HorNetPredictor(DetectionPredictor):
-    """ultralytics' DetectionPredictor for HorNet-YOLOv5 models (an nn.Module, or an .onnx/.torchscript path).
+    """ultralytics' DetectionPredictor for HorNet-YOLOv5 models (an nn.Module, or the path of an export).
 
     Adds: YOLOv5's test-time augmentation (--augment) for PyTorch models, webcam/stream videos written at
-    the stream's frame rate, and a warning naming any video that ended before its announced frame count.
+    the stream's frame rate, a warning naming any video that ended before its announced frame count, and
+    OpenVINO exports run in the precision they were exported for (`quantize=16`: the CPU's reduced one).
     """
 
     TTA_SCALES = (1.0, 0.83, 0.67)  # YOLOv5's test-time augmentation: scales and flips (3 = left-right)
@@ -166,6 +168,11 @@ class HorNetPredictor(DetectionPredictor):
         self.video_progress = {}  # video path -> [last frame read, frames announced]
         self.stopped_by_user = False  # q pressed in the --view-img window
         self._slot = 0
+
+    def setup_model(self, model, verbose: bool = True):
+        super().setup_model(model, verbose)
+        if isinstance(model, (str, Path)):
+            run_in_export_precision(self.model, model, half=self.args.quantize == 16)
 
     def show(self, p: str = ""):
         """ultralytics' window; remembers when q stops the run (so an early end is not taken for a truncated video)."""

@@ -41,6 +41,7 @@ from models.hornet_weights import format_report, is_official_hornet_checkpoint, 
 from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint, yaml_problem
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
+from utils.export import run_in_export_precision
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
@@ -308,6 +309,11 @@ class HorNetValidator(DetectionValidator):
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
         return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
+
+    def init_metrics(self, model):
+        """The engine's; first an OpenVINO export is set to compute in the precision it was exported for."""
+        run_in_export_precision(model, self.args.model)
+        super().init_metrics(model)
 
 
 class HorNetTrainer(DetectionTrainer):
