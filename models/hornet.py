@@ -124,14 +124,19 @@ class GlobalLocalFilter(nn.Module):
         x = self.pre_norm(x)  # channels-last memory: the slices below are cheap views
         local, glob = x.chunk(2, dim=1)
         local = self.dw(local)
+        glob = self.global_filter(glob).to(local.dtype)
         B, C, H, W = glob.shape
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            spectrum = torch.fft.rfft2(glob.float(), dim=(2, 3), norm="ortho")
-            glob = torch.fft.irfft2(spectrum * self.spectral_filter(H, W), s=(H, W), dim=(2, 3), norm="ortho")
         # interleave (local_0, global_0, local_1, ...) with one copy into (B, H, W, 2C): channel 2c + j
-        y = torch.stack((local.permute(0, 2, 3, 1), glob.to(local.dtype).permute(0, 2, 3, 1)), dim=4)
+        y = torch.stack((local.permute(0, 2, 3, 1), glob.permute(0, 2, 3, 1)), dim=4)
         y = y.reshape(B, H, W, 2 * C).permute(0, 3, 1, 2)  # channels-first view: post_norm's permute is free
         return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
+
+    def global_filter(self, x: torch.Tensor) -> torch.Tensor:
+        """irfft2(rfft2(x) * filter) over H and W, in float32 (half-precision FFTs only take power-of-two sizes)."""
+        H, W = x.shape[-2:]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spectrum = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
+            return torch.fft.irfft2(spectrum * self.spectral_filter(H, W), s=(H, W), dim=(2, 3), norm="ortho")
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -195,7 +200,7 @@ class gnConv(nn.Module):
             return f(q, s)
         if isinstance(f, nn.Conv2d):
             return f(q) if s == 1.0 else scaled_call(f, q, s)
-        return f(q) * s  # another module put in the filter's place (utils/export.py's matmul Global Filter)
+        return f(q) * s  # another module put in the filter's place
 
     @torch.no_grad()
     def fuse(self) -> "gnConv":

@@ -20,9 +20,8 @@ import torch
 import export
 from models.hornet import GlobalLocalFilter
 from models.yolo import Model, load_model_yaml, save_checkpoint
+from models.exportable import DynamicGlobalFilter, MatmulGlobalFilter
 from utils.export import (
-    DynamicGlobalFilter,
-    MatmulGlobalFilter,
     max_diffs,
     onnx_output,
     openvino_output,
