@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 import torch  # noqa: E402

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402

@@ -22,8 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402

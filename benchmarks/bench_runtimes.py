@@ -11,8 +11,9 @@ all alike): PyTorch eager with models/cpu_kernels.py off (the plain layers) and 
 Runtime, OpenVINO float32, and OpenVINO in the CPU's reduced precision (bf16 where the CPU has it). Ratios are
 to PyTorch eager with the kernels on. Post-processing (NMS) is not included: it is the same for all.
 
-mAP (`--weights`): each trained checkpoint exported at `--img` (fixed size), then val.py's validator on `--data`
-for the .pt and each export: mAP50-95, and the difference to the .pt's.
+mAP (`--weights`): each trained checkpoint exported with --dynamic (so that every runtime gets the same
+rectangular batches as the .pt: a fixed-size export would be letterboxed differently), then val.py on `--data`
+at `--img` for the .pt and each export: mAP50-95, and the largest difference to the .pt's.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def map_table(opt) -> None:
     import export
     import val
 
-    print(f"\nval mAP50-95 on {opt.data} at {opt.img} px (exports at that fixed size)\n")
+    print(f"\nval mAP50-95 on {opt.data} at {opt.img} px (dynamic exports)\n")
     print("| weights | .pt | ONNX Runtime | OpenVINO f32 | OpenVINO reduced | largest difference |\n|---|---:|---:|---:|---:|---:|")
     key = "metrics/mAP50-95(B)"
     for w in opt.weights:
@@ -119,8 +120,8 @@ def map_table(opt) -> None:
             half_dir.mkdir()
             half_pt = half_dir / w.name
             half_pt.write_bytes(w.read_bytes())
-            files = export.run(weights=pt, include=["onnx", "openvino"], imgsz=[opt.img])
-            files_half = export.run(weights=half_pt, include=["openvino"], imgsz=[opt.img], half=True)
+            files = export.run(weights=pt, include=["onnx", "openvino"], imgsz=[opt.img], dynamic=True)
+            files_half = export.run(weights=half_pt, include=["openvino"], imgsz=[opt.img], half=True, dynamic=True)
             results = {}
             for label, f in ((".pt", pt), ("onnx", files["onnx"]["file"]), ("ov", files["openvino"]["file"]),
                              ("ov-half", files_half["openvino"]["file"])):

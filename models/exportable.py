@@ -1,11 +1,17 @@
-"""Export-time forms of the model: the same numbers, in operators every exporter and runtime has.
+"""Export-time forms of the model: the same numbers, in operators and layouts that exporters and runtimes run well.
 
 The Global Filter computes `irfft2(rfft2(x) * filter)`, and the TorchScript-based ONNX exporter (which
 OpenVINO's PyTorch frontend shares the trace with) refuses `aten::fft_rfft2`. For a fixed input size that
 step is a linear map, so `MatmulGlobalFilter` computes it with real matrix products (the DFT matrices)
 built from the layer's own weights; `DynamicGlobalFilter` builds the matrices in the graph for any size.
-Both are GlobalLocalFilters with only `global_filter` replaced. `exportable_model` makes the copy of a
-model that every export traces.
+
+The paper's layers move between (B, C, H, W) and (B, H, W, C) around each LayerNorm and MLP; an eager CPU
+run gets that for free (channels-last memory), a traced graph gets a transpose each time. The export forms
+stay in (B, C, H, W): LayerNorm over the channels as mean and variance along dim 1 (`ChannelNorm`), the
+MLP as 1x1 convolutions (`ExportHorBlock`), the Global Filter's halves interleaved by one stack. Measured
+on yolov5s-hornet at 640, 2 threads: OpenVINO float32 100.7 -> 71.3 ms, bfloat16 50.4 -> 38.6 ms.
+
+`exportable_model` makes the copy of a model that every export traces.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from copy import deepcopy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.heads import AnchorDetect
-from models.hornet import GlobalLocalFilter
+from models.hornet import GlobalLocalFilter, HorBlock, LayerNorm2d, scaled_call
 from ultralytics.nn.modules import Detect
 
 
@@ -32,6 +39,46 @@ def filter_along_h(xr, xi, ch, sh, gr, gi):
     return torch.matmul(ch, zr) - torch.matmul(sh, zi), torch.matmul(ch, zi) + torch.matmul(sh, zr)
 
 
+def channel_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """`norm` (a LayerNorm over C) applied to (B, C, H, W) along dim 1, without leaving that layout."""
+    d = x - x.mean(1, keepdim=True)
+    return d / torch.sqrt(d.pow(2).mean(1, keepdim=True) + norm.eps) * norm.weight[:, None, None] + norm.bias[:, None, None]
+
+
+class ChannelNorm(LayerNorm2d):
+    """LayerNorm2d in (B, C, H, W) throughout: the export form (runtimes fuse it into one normalisation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_norm(x, self)
+
+
+class ExportHorBlock(HorBlock):
+    """HorBlock with its LayerNorm + MLP as a channel norm and two 1x1 convolutions on (B, C, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        gamma1, gamma2 = (None, None) if self.fused else (self.gamma1, self.gamma2)
+        x = x + self.gnconv(self.norm1(x), gamma1)
+        y = self.act(F.conv2d(channel_norm(x, self.norm2), self.pwconv1.weight[:, :, None, None], self.pwconv1.bias))
+        w, b = self.pwconv2.weight, self.pwconv2.bias
+        if gamma2 is not None:
+            w, b = w * gamma2[:, None], b * gamma2
+        return x + F.conv2d(y, w[:, :, None, None], b)
+
+
+class _ExportGlobalFilter(GlobalLocalFilter):
+    """GlobalLocalFilter with its halves interleaved in (B, C, H, W) (one stack); subclasses give `global_filter`."""
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        x = self.pre_norm(x)
+        local, glob = x.chunk(2, dim=1)
+        local = self.dw(local)
+        glob = self.global_filter(glob).to(local.dtype)
+        B, C, H, W = glob.shape
+        y = torch.stack((local, glob), dim=2).reshape(B, 2 * C, H, W)  # channel 2c + j: local, global, local, ...
+        return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
+
+
 def _share_layers(new: GlobalLocalFilter, gf: GlobalLocalFilter) -> None:
     """`new` (not yet initialised) becomes a module with `gf`'s LayerNorms, depth-wise conv and complex weight."""
     nn.Module.__init__(new)
@@ -39,7 +86,7 @@ def _share_layers(new: GlobalLocalFilter, gf: GlobalLocalFilter) -> None:
     new._filter_cache = {}
 
 
-class MatmulGlobalFilter(GlobalLocalFilter):
+class MatmulGlobalFilter(_ExportGlobalFilter):
     """A GlobalLocalFilter for one fixed input size, its 2-D DFT as matrix products.
 
     In: (B, C, H, W) with the (H, W) it was built for. Out: (B, C, H, W), equal (to float32 rounding) to
@@ -87,7 +134,7 @@ class MatmulGlobalFilter(GlobalLocalFilter):
         return torch.matmul(ur, bc) - torch.matmul(ui, bs)  # inverse rfft along W
 
 
-class DynamicGlobalFilter(GlobalLocalFilter):
+class DynamicGlobalFilter(_ExportGlobalFilter):
     """A GlobalLocalFilter for any input size, its DFT and its filter resize as matrix products.
 
     In: (B, C, H, W), any H and W. Out: (B, C, H, W), equal (to float32 rounding) to the GlobalLocalFilter
@@ -148,12 +195,12 @@ def has_global_filter(model: nn.Module) -> bool:
 
 
 def exportable_model(model: nn.Module, im: torch.Tensor, dynamic: bool = False) -> nn.Module:
-    """A copy of `model` ready to trace on inputs shaped like `im`: eval, fused, head in export mode, GF as matmuls.
+    """A copy of `model` ready to trace on inputs shaped like `im`: eval, fused, head in export mode, export forms.
 
     In: a detection Model, an example input (B, 3, H, W), and whether the export takes any input size.
     Out: a new module whose forward returns only the predictions (B, 4 + nc, N); the original model is
     not touched. Global Filters become MatmulGlobalFilter (fixed to the sizes `im` gives them) or, when
-    `dynamic`, DynamicGlobalFilter (any size).
+    `dynamic`, DynamicGlobalFilter (any size); LayerNorm2d and HorBlock take their (B, C, H, W) forms.
     """
     model = deepcopy(model).float().eval()
     if hasattr(model, "fuse"):
@@ -180,4 +227,9 @@ def exportable_model(model: nn.Module, im: torch.Tensor, dynamic: bool = False) 
             for name, child in parent.named_children():
                 if child in replace:
                     setattr(parent, name, replace[child])
+    for m in model.modules():  # the copy's own modules take the export forms' forward: same parameters, same state
+        if type(m) is LayerNorm2d:
+            m.__class__ = ChannelNorm
+        elif type(m) is HorBlock:
+            m.__class__ = ExportHorBlock
     return model

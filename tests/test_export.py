@@ -102,6 +102,31 @@ def test_dynamic_export_runs_other_sizes_and_batches(checkpoints, tmp_path, key)
             assert got.shape == want.shape and np.abs(got - want).max() < TOL, shape
 
 
+@pytest.mark.parametrize("cfg", ["yolov5n-gnconv", "yolov5n-horblock", "yolov5n-hornet", "yolov5n-hornet-gf", "yolov5n-horfpn"])
+def test_export_forms_equal_the_model(cfg):
+    """exportable_model's (B, C, H, W) forms (ChannelNorm, ExportHorBlock, the GF's matmuls) compute the model's
+    predictions, fixed-size and dynamic, with layer scales far from 1e-6 so that every branch counts."""
+    from models.exportable import exportable_model
+    from models.hornet import HorBlock, LayerNorm2d
+
+    torch.manual_seed(0)
+    model = Model(ROOT / "cfg" / f"{cfg}.yaml", nc=3, verbose=False).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, HorBlock):
+                m.gamma1.uniform_(0.2, 1.0)
+                m.gamma2.uniform_(0.2, 1.0)
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        want = model(x)[0]
+        for dynamic in (False, True):
+            em = exportable_model(model, x, dynamic=dynamic)
+            assert not any(type(m) in (HorBlock, LayerNorm2d) for m in em.modules())  # every block in its export form
+            got = em(x)
+            assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5, dynamic
+    assert any(type(m) is HorBlock for m in model.modules()) == (cfg != "yolov5n-gnconv")  # the original is untouched
+
+
 @pytest.mark.parametrize("size", [(14, 14), (10, 7), (5, 9), (4, 4), (1, 1), (2, 3)])
 def test_matmul_global_filter_equals_fft(size):
     torch.manual_seed(0)
