@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 import models  # noqa: E402  (sets offline mode before ultralytics loads)
 from models import heads, hornet, yolov5  # noqa: E402,F401  (their modules register themselves)
 from models.heads import AnchorDetect  # noqa: E402
+from models.loss import AnchorLoss  # noqa: E402
 from models.registry import DIALECTS, MODERN_HEAD_ROWS, REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.nn.modules import Conv, Detect  # noqa: E402
@@ -313,8 +314,6 @@ class Model(DetectionModel):
 
     def init_criterion(self):
         if isinstance(self.model[-1], AnchorDetect):
-            from utils.loss import AnchorLoss
-
             return AnchorLoss(self)
         return super().init_criterion()
 

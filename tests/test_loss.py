@@ -1,4 +1,4 @@
-"""AnchorLoss (utils/loss.py): output structure, YOLOv5's matching, exact box fit, label smoothing, gains, learning."""
+"""AnchorLoss (models/loss.py): output structure, YOLOv5's matching, exact box fit, label smoothing, gains, learning."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.yolo import Model
-from utils.loss import AnchorLoss
+from models.loss import AnchorLoss
 
 IMG = 64
 # Two levels (strides 8 and 16) on a few plain convs: builds in milliseconds.

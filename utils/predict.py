@@ -184,22 +184,19 @@ class HorNetPredictor(DetectionPredictor):
             raise
 
     def inference(self, im: torch.Tensor, *args, **kwargs):
-        """The model's predictions (B, 4 + nc, N); with --augment on a PyTorch model, merged over scales and flips."""
+        """The model's predictions (B, 4 + nc, N); with --augment on a PyTorch model, merged over scales and flips.
+
+        The engine's DetectionModel._predict_augment refuses every head but its own Detect (a type check), so the
+        loop is here; de-scaling and clipping the tails are the engine's.
+        """
         if not (self.args.augment and self.model.format == "pt"):
             return super().inference(im, *args, **kwargs)
-        model = self.model.model  # the nn.Module inside AutoBackend: run it without its own (unsupported) augment
-        stride = int(self.model.stride)
-        h, w = im.shape[-2:]
+        model = self.model.model  # the nn.Module inside AutoBackend
         outputs = []
         for s, flip in zip(self.TTA_SCALES, self.TTA_FLIPS):
-            x = scale_img(im.flip(flip) if flip else im, s, gs=stride)
-            y = model(x)
-            y = (y[0] if isinstance(y, (list, tuple)) else y).clone()
-            y[:, :4] /= s  # boxes back to the input's scale
-            if flip == 3:
-                y[:, 0] = w - y[:, 0]  # un-flip the centre x
-            outputs.append(y)
-        return torch.cat(outputs, 2)
+            y = model(scale_img(im.flip(flip) if flip else im, s, gs=int(self.model.stride)))
+            outputs.append(model._descale_pred((y[0] if isinstance(y, (list, tuple)) else y).clone(), flip, s, im.shape[-2:]))
+        return torch.cat(model._clip_augmented(outputs), 2)  # large objects from the upscaled pass, small from the downscaled
 
     def write_results(self, i, p, im, s):
         """ultralytics' per-image output, plus bookkeeping: which stream slot is being saved, video frames read."""

@@ -21,7 +21,6 @@ What differs from the stock DetectionTrainer:
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ import models  # noqa: F401  (offline mode before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
+from models.loss import LOSS_DEFAULTS
 from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint, yaml_problem
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
@@ -46,7 +46,8 @@ from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOCAL_RANK, LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+from ultralytics.utils.files import get_latest_run
+from ultralytics.utils.torch_utils import ModelEMA, intersect_dicts, unwrap_model
 
 # YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning.
 # Not `cls_pw`: YOLOv5's is a class-BCE positive weight, the engine's a class-frequency weight power.
@@ -58,12 +59,8 @@ ENGINE_HYP_KEYS = (
 
 # Keys the ultralytics args do not have: YOLOv5's loss/anchor hyps and our own options, with defaults.
 EXTRA_DEFAULTS = {
-    "obj": 1.0,  # objectness loss gain
-    "obj_pw": 1.0,  # objectness BCE positive weight
+    **{k: LOSS_DEFAULTS[k] for k in ("obj", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing")},  # the anchor loss's
     "iou_t": 0.2,  # YOLOv5 keeps it in its hyps; unused in training
-    "anchor_t": 4.0,  # anchor-multiple threshold (loss matching and autoanchor)
-    "fl_gamma": 0.0,  # focal loss gamma
-    "label_smoothing": 0.0,  # class label smoothing epsilon
     "drop_path": 0.0,  # stochastic depth over the HorBlocks
     "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
     "hornet_lr_scale": 1.0,  # the HorNet layers' learning rate as a fraction of lr0 (1.0: one rate for all)
@@ -159,19 +156,17 @@ def plain(x):
 def transfer_weights(model: torch.nn.Module, path, exclude=("anchors",)) -> dict:
     """Copy the tensors of our checkpoint at `path` whose names and shapes match into `model`; report the rest.
 
-    Returns {'transferred': n, 'total': tensors in the model, 'mismatched': [(key, ckpt shape, model shape)],
-    'missing': model keys the checkpoint lacks, 'unused': checkpoint keys the model lacks}.
+    The engine's `intersect_dicts` picks the tensors; unlike the engine's `BaseModel.load` (which unpickles and
+    only counts), the report names what was not transferred. Returns {'transferred': n, 'total': tensors in the
+    model, 'mismatched': [(key, ckpt shape, model shape)], 'missing': model keys the checkpoint lacks, 'unused':
+    checkpoint keys the model lacks}.
     """
     src = read_checkpoint(path)["model"]
     dst = model.state_dict()
-    take, mismatched = {}, []
-    for k, v in src.items():
-        if k in dst and not any(x in k for x in exclude):
-            if v.shape == dst[k].shape:
-                take[k] = v
-            else:
-                mismatched.append((k, tuple(v.shape), tuple(dst[k].shape)))
+    take = intersect_dicts(src, dst, exclude)
     model.load_state_dict(take, strict=False)
+    mismatched = [(k, tuple(v.shape), tuple(dst[k].shape)) for k, v in src.items()
+                  if k in dst and k not in take and not any(x in k for x in exclude)]
     report = {
         "transferred": len(take),
         "total": len(dst),
@@ -185,14 +180,6 @@ def transfer_weights(model: torch.nn.Module, path, exclude=("anchors",)) -> dict
     if report["missing"]:
         LOGGER.info(f"  {len(report['missing'])} model tensors not in the checkpoint, e.g. {report['missing'][:3]}")
     return report
-
-
-def latest_run(project) -> Path:
-    """The newest `last.pt` under `project` (YOLOv5's `--resume` without a path)."""
-    runs = glob.glob(f"{project}/**/last.pt", recursive=True)
-    if not runs:
-        raise FileNotFoundError(f"--resume: no last.pt under {project}; give the checkpoint: --resume path/to/last.pt")
-    return Path(max(runs, key=os.path.getmtime))
 
 
 def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Path:
@@ -373,7 +360,12 @@ class HorNetTrainer(DetectionTrainer):
             self.resume = False
             return
         last = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"} else None
-        last = last or latest_run(self.args.project or "runs/train")
+        if last is None:
+            project = self.args.project or "runs/train"
+            found = get_latest_run(project)
+            if not found:
+                raise FileNotFoundError(f"--resume: no last.pt under {project}; give the checkpoint: --resume path/to/last.pt")
+            last = Path(found)
         if last.is_dir():  # a run folder
             last = last / "weights" / "last.pt"
         ckpt = read_checkpoint(last)
@@ -543,7 +535,12 @@ class HorNetTrainer(DetectionTrainer):
         )
 
     def save_model(self) -> bool:
-        """last.pt (and best.pt, epochN.pt) via models.yolo.save_checkpoint: atomic, weights_only loadable."""
+        """last.pt (and best.pt, epochN.pt) via models.yolo.save_checkpoint: atomic, weights_only loadable (the
+        engine's pickles the model)."""
+        ema, live = self.ema.ema.state_dict(), unwrap_model(self.model).state_dict()
+        for k, v in ema.items():  # as the engine does: a transient NaN/Inf must not poison the EMA for good
+            if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(live[k]).all():
+                v.copy_(live[k])
         self.wdir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.last, self.ema.ema, **self.checkpoint_extras())
         copies = []

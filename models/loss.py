@@ -20,7 +20,7 @@ from ultralytics.utils.ops import xywh2xyxy
 # YOLOv5's `cls_pw` (BCE positive weight, 1.0 in every YOLOv5 hyp file) is NOT read: in this engine `cls_pw`
 # is the power of inverse-frequency class weights, which the trainer turns into `model.class_weights`;
 # those weights are applied to the class loss, as the engine's own loss does.
-HYP_DEFAULTS = {
+LOSS_DEFAULTS = {
     "box": 0.05,  # box loss gain
     "obj": 1.0,  # objectness loss gain
     "cls": 0.5,  # class loss gain
@@ -45,7 +45,7 @@ def hyp_value(args, key: str):
     """One hyperparameter from `args` (a namespace, a dict or None), or its YOLOv5 default when absent/None."""
     value = args.get(key) if isinstance(args, dict) else getattr(args, key, None)
     if value is None:
-        return HYP_DEFAULTS[key]
+        return LOSS_DEFAULTS[key]
     if key == "imgsz" and isinstance(value, (list, tuple)):
         return max(value)  # (h, w) image sizes: the longer side, as the letterbox uses
     return float(value)
@@ -73,7 +73,7 @@ class AnchorLoss:
     box * 3/nl, cls * nc/80 * 3/nl, obj * (imgsz/640)^2 * 3/nl.
 
     In: `model` (a `models.yolo.Model` whose last row is `AnchorDetect`; hyperparameters come from
-    `model.args`, a namespace or dict, with `HYP_DEFAULTS` for what it lacks; `model.class_weights`, when
+    `model.args`, a namespace or dict, with `LOSS_DEFAULTS` for what it lacks; `model.class_weights`, when
     the engine has set it, weighs the class loss per class).
     Call: `(preds, batch)` -> `(loss, items)`, the structure of ultralytics' `v8DetectionLoss`:
     - `preds`: the head's training output (a list of nl tensors (B, na, ny, nx, 5 + nc)), or its eval
@@ -91,7 +91,7 @@ class AnchorLoss:
         self.head = model.model[-1]  # kept, not its anchors: autoanchor may rewrite them after this
         self.nl, self.na, self.nc = self.head.nl, self.head.na, self.head.nc
         args = getattr(model, "args", None)
-        self.hyp = {k: hyp_value(args, k) for k in HYP_DEFAULTS}
+        self.hyp = {k: hyp_value(args, k) for k in LOSS_DEFAULTS}
         # Per-class weights (nc,) the engine sets when its cls_pw > 0 (inverse class frequency, mean 1).
         weights = getattr(model, "class_weights", None)
         self.class_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32).view(1, -1)
