@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -211,6 +212,21 @@ def overrides_from(opt: argparse.Namespace) -> dict:
     return overrides
 
 
+CTRL_C = []  # non-empty once Ctrl-C was pressed (the command line's SIGINT handler records it)
+
+
+def on_ctrl_c(signum, frame):
+    """SIGINT: KeyboardInterrupt now, and again at the next batch (`raise_after_ctrl_c`), because Python ignores an
+    exception raised while an import releases its module lock, and a Ctrl-C landing there would be lost."""
+    CTRL_C.append(signum)
+    raise KeyboardInterrupt
+
+
+def raise_after_ctrl_c(trainer) -> None:
+    if CTRL_C:
+        raise KeyboardInterrupt
+
+
 def main(opt: argparse.Namespace) -> HorNetTrainer:
     """Train; a run folder made here is removed again when the run stops before saving anything.
 
@@ -220,6 +236,7 @@ def main(opt: argparse.Namespace) -> HorNetTrainer:
     trainer = None
     try:
         trainer = HorNetTrainer(overrides=overrides)
+        trainer.add_callback("on_train_batch_start", raise_after_ctrl_c)
         trainer.train()
     except BaseException as e:
         made_here = not opt.resume and not opt.exist_ok and "save_dir" in overrides
@@ -255,6 +272,7 @@ def run(**kwargs) -> HorNetTrainer:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         main(parse_opt())
     except KeyboardInterrupt as e:
