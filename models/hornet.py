@@ -196,11 +196,9 @@ class gnConv(nn.Module):
     def _filter(self, q: torch.Tensor) -> torch.Tensor:
         """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
         f, s = self.dwconv, self.scale
-        if isinstance(f, GlobalLocalFilter):
+        if isinstance(f, GlobalLocalFilter):  # the export forms too: they are GlobalLocalFilters
             return f(q, s)
-        if isinstance(f, nn.Conv2d):
-            return f(q) if s == 1.0 else scaled_call(f, q, s)
-        return f(q) * s  # another module put in the filter's place
+        return f(q) if s == 1.0 else scaled_call(f, q, s)
 
     @torch.no_grad()
     def fuse(self) -> "gnConv":

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from models.exportable import exportable_model, has_global_filter
 from ultralytics import __version__ as ULTRALYTICS_VERSION
+from ultralytics.nn.backends import OpenVINOBackend
 from ultralytics.utils import LOGGER
 
 
@@ -160,7 +161,7 @@ def run_in_export_precision(model, weights, half: bool = False) -> None:
     ultralytics' backend compiles without a precision hint, which on a CPU with bfloat16 means bfloat16.
     """
     backend = getattr(model, "backend", None)
-    if type(backend).__name__ != "OpenVINOBackend" or not hasattr(backend, "ov_compiled_model"):
+    if not isinstance(backend, OpenVINOBackend) or not hasattr(backend, "ov_compiled_model"):
         return
     if half or (backend.metadata.get("args") or {}).get("half"):
         return
