@@ -19,11 +19,12 @@ from torch.func import functional_call
 from ultralytics.nn.modules import C3, Conv
 
 from models import cpu_kernels
-from models.registry import register, row_width, row_width_repeats_inside
+from models.registry import register, row_norm, row_width, row_width_repeats_inside
 
 __all__ = ("LayerNorm2d", "GlobalLocalFilter", "gnConv", "HorBlock", "C3HB", "HorStem", "ConvStem", "HorDown", "HorNet")
 
 
+@register("LayerNorm2d", row=row_norm)
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a (B, C, H, W) tensor: the paper's 'channels_first' LayerNorm.
 

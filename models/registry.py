@@ -133,7 +133,10 @@ def row_concat(cls, args, n, c_in, ctx):
     return cls(*args), sum(c_in)
 
 
-def row_batchnorm(cls, args, n, c_in, ctx):
+def row_norm(cls, args, n, c_in, ctx):
+    """Norm layers (nn.BatchNorm2d, LayerNorm2d): cls(c1), the width of the row's input; args must be []."""
+    if args:
+        raise ValueError(f"a norm row takes its width from its input: its args must be [], got {args!r}")
     return repeat(lambda i: cls(c_in), n), c_in
 
 
@@ -150,4 +153,4 @@ MODERN_HEAD_ROWS = {"C3k2", "A2C2f", "C2fCIB"}
 register("Concat", row=row_concat)(Concat)
 register("nn.Conv2d", row=row_width)(nn.Conv2d)  # [c2, k, s, ...] like Conv
 register("nn.ConvTranspose2d", row=row_width)(nn.ConvTranspose2d)
-register("nn.BatchNorm2d", row=row_batchnorm)(nn.BatchNorm2d)
+register("nn.BatchNorm2d", row=row_norm)(nn.BatchNorm2d)

@@ -157,6 +157,17 @@ def test_every_cfg_builds_runs_non_square_and_matches_its_header(cfg):
     assert all(p.grad is not None for p in model.model[0].parameters())
 
 
+def test_norm_rows_take_the_width_of_their_input():
+    d = {"nc": 1, "width_multiple": 0.5, "backbone": [[-1, 1, "Conv", [32, 3, 2]], [-1, 1, "LayerNorm2d", []],
+                                                      [-1, 1, "nn.BatchNorm2d", []]], "head": []}
+    model = Model(d, verbose=False)
+    ln, bn = model.model[1], model.model[2]
+    assert ln.normalized_shape == (16,) and bn.num_features == 16
+    with torch.no_grad():
+        y = ln(model.model[0](torch.rand(2, 3, 32, 32) * 5))
+    assert y.mean(1).abs().max() < 1e-4 and (y.var(1, unbiased=False) - 1).abs().max() < 1e-2  # over the channels
+
+
 def test_scales_block_and_scale_letter_from_file_name(tmp_path):
     d = yaml.safe_load(YOLOV5)
     d["scales"] = {"n": [0.33, 0.25, 1024], "s": [0.33, 0.50, 1024]}
@@ -186,6 +197,7 @@ BAD_ROWS = {
     "wrong filter": ([[-1, 1, "gnConv", [32, 3, 4]]], "row 0", "odd kernel size or 'gf'"),
     "not a row": ([[-1, 1, "Conv"]], "row 0", "[from, number, module, args]"),
     "bad number": ([[-1, 0, "Conv", [16]]], "row 0", "number must be a positive integer"),
+    "norm with a width": ([[-1, 1, "Conv", [16]], [-1, 1, "LayerNorm2d", [16]]], "row 1", "its args must be []"),
 }
 
 

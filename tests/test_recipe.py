@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import train  # noqa: E402
 from models.hornet import C3HB, HorBlock, set_layer_scale  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.trainer import HorNetTrainer, HypError, load_hyp  # noqa: E402
+from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, load_hyp  # noqa: E402
 
 
 def groups_of(cfg: str, hornet_lr_scale: float = 1.0) -> tuple[dict, list]:
@@ -79,12 +79,25 @@ def test_set_layer_scale_opens_every_block():
                for b in blocks)
 
 
-@pytest.mark.parametrize("key, value", [("layer_scale", -1e-6), ("layer_scale", "1e-2x"), ("lr0", "fast"), ("drop_path", 1.5)])
+@pytest.mark.parametrize("key, value", [("layer_scale", -1e-6), ("layer_scale", "1e-2x"), ("lr0", "fast"), ("drop_path", 1.5),
+                                        ("ema_decay", 1.0), ("ema_tau", 0)])
 def test_bad_recipe_values_name_the_key(tmp_path, key, value):
     f = tmp_path / "hyp.yaml"
     f.write_text(yaml.safe_dump({"lr0": 0.001, key: value}))
     with pytest.raises(HypError, match=f"{f}.*'{key}'"):
         load_hyp(f)
+
+
+def test_ema_hyp_keys_shape_the_weight_average():
+    trainer = HorNetTrainer.__new__(HorNetTrainer)  # new_ema needs only the args and the model
+    trainer.args = SimpleNamespace(ema_decay=0.99, ema_tau=10)
+    trainer.model = Model("cfg/yolov5n.yaml", nc=3, verbose=False)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in trainer.model.state_dict().items()}
+    ema = trainer.new_ema(state, updates=7)
+    assert ema.updates == 7 and abs(ema.decay(10) - 0.99 * (1 - torch.e**-1)) < 1e-9 and abs(ema.decay(1e6) - 0.99) < 1e-12
+    assert all(torch.equal(v, state[k]) for k, v in ema.ema.state_dict().items())
+    trainer.args = SimpleNamespace(**{k: EXTRA_DEFAULTS[k] for k in ("ema_decay", "ema_tau")})  # the defaults: the engine's
+    assert abs(trainer.new_ema(state, 0).decay(2000) - 0.9999 * (1 - torch.e**-1)) < 1e-9
 
 
 def test_layer_scale_hyp_reaches_the_model(tmp_path):

@@ -64,13 +64,16 @@ EXTRA_DEFAULTS = {
     "drop_path": 0.0,  # stochastic depth over the HorBlocks
     "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
     "hornet_lr_scale": 1.0,  # the HorNet layers' learning rate as a fraction of lr0 (1.0: one rate for all)
+    "ema_decay": 0.9999,  # the weight EMA's largest decay (the engine's ModelEMA default)
+    "ema_tau": 2000,  # optimizer steps over which the EMA's decay ramps up to ema_decay (the engine's default)
     "autoanchor": True,  # check (and fix) the anchors before training
     "weights": "",  # initial weights: our checkpoint or an official HorNet one
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
 HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
-HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0)}  # our keys whose nonsense values would train silently
+HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
+              "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
 
 # Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
@@ -554,6 +557,17 @@ class HorNetTrainer(DetectionTrainer):
             os.replace(tmp, f)
         return True
 
+    def _setup_train(self):
+        """The engine's setup, with the weight EMA built from hyp keys ema_decay and ema_tau."""
+        super()._setup_train()
+        self.ema = self.new_ema(self.ema.ema.state_dict(), self.ema.updates)
+
+    def new_ema(self, state: dict, updates: int) -> ModelEMA:
+        """The engine's ModelEMA at this run's ema_decay / ema_tau, holding `state` after `updates` steps."""
+        ema = ModelEMA(self.model, decay=float(self.args.ema_decay), tau=float(self.args.ema_tau), updates=updates)
+        ema.ema.load_state_dict(state)
+        return ema
+
     def _load_checkpoint_state(self, ckpt: dict):
         """Optimizer, scaler, EMA, best fitness and early-stopping state from our checkpoint."""
         if ckpt.get("optimizer") is not None:
@@ -561,9 +575,7 @@ class HorNetTrainer(DetectionTrainer):
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
-            self.ema = ModelEMA(self.model)
-            self.ema.ema.load_state_dict(ckpt["model"])
-            self.ema.updates = ckpt.get("updates", 0)
+            self.ema = self.new_ema(ckpt["model"], ckpt.get("updates", 0))
         self.best_fitness = ckpt.get("best_fitness")
         self.stopper.__dict__.update(ckpt.get("stopper") or {})
 
