@@ -3,6 +3,7 @@
     python benchmarks/bench_accuracy.py --data ../shared/datasets/raccoon/data.yaml --scale s --epochs 40 --img 160 --seeds 0 1
     python benchmarks/bench_accuracy.py --data ../shared/datasets/bccd/data.yaml --scale n --epochs 100 --img 320
     python benchmarks/bench_accuracy.py --data my.yaml --models yolov5s yolov5s-hornet --set lr0=0.002 --tag lr2e-3
+    python benchmarks/bench_accuracy.py --data my.yaml --models benchmarks/ablations/yolov5n-hornet-ln.yaml
     python benchmarks/bench_accuracy.py --data my.yaml --scale s --report       # print the table, train nothing
 
 Each run is `train.py` in its own process with the recipe train.py picks for the model (or `--hyp`), plus any
@@ -35,6 +36,7 @@ from bench_env import ROOT  # noqa: E402  (offline, project on sys.path; before 
 import yaml  # noqa: E402
 
 STYLES = ("", "-gnconv", "-horblock", "-hornet", "-hornet-gf", "-horfpn")  # plain YOLOv5 first: the baseline
+ABLATIONS = ROOT / "benchmarks" / "ablations"  # architecture variants of cfg/ models: --models benchmarks/ablations/X.yaml
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -196,8 +198,12 @@ def variants_table(opt) -> str:
         if not rs:
             continue
         recipe = yaml.safe_load(recipe_for(model_path(model)).read_text())
-        changes = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                            for k, v in rs[0]["hyp"].items() if k in recipe and recipe[k] != v) or "-"
+        changes = [f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                   for k, v in rs[0]["hyp"].items() if k in recipe and recipe[k] != v]
+        ablation = ABLATIONS / f"{model}-{tag}.yaml"  # an architecture variant: its YAML is the change
+        if tag and ablation.is_file():
+            changes.insert(0, str(ablation.relative_to(ROOT)))
+        changes = ", ".join(changes) or "-"
         base = results(opt, model.split("-")[0], tag="")
         ratio = f"{mean(rs, 'mAP50-95') / mean(base, 'mAP50-95'):.2f}x" if base and mean(base, "mAP50-95") > 0 else "-"
         span = lambda k: f"{mean(rs, k):.3f} ({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})"  # noqa: E731

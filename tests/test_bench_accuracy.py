@@ -67,3 +67,24 @@ def test_set_needs_a_tag(opt):
     opt.report, opt.set = False, ["lr0=0.002"]
     with pytest.raises(SystemExit, match="--tag"):
         bench.main(opt)
+
+
+def test_ablation_yaml_is_named_as_the_change(opt):
+    store(opt, "yolov5n", 0, "", 0.5, 0.2)
+    store(opt, "benchmarks/ablations/yolov5n-hornet-ln.yaml", 0, "", 0.6, 0.1)
+    opt.all = True
+    text = bench.table(opt, [])
+    assert "| yolov5n-hornet | ln | benchmarks/ablations/yolov5n-hornet-ln.yaml | 1 | 0.600 (0.600-0.600) | 0.100 (0.100-0.100) | 0.50x |" in text
+
+
+@pytest.mark.parametrize("cfg", sorted((ROOT / "benchmarks/ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ablation_yamls_build_and_change_rows_of_their_cfg_model(cfg):
+    import torch
+
+    from models.yolo import Model
+
+    base = ROOT / "cfg" / f"{'-'.join(cfg.stem.split('-')[:-1])}.yaml"  # yolov5n-hornet-ln -> cfg/yolov5n-hornet.yaml
+    model, plain = Model(cfg, nc=1, verbose=False), Model(base, nc=1, verbose=False)
+    out = model.eval()(torch.rand(1, 3, 64, 96))
+    assert out[0].shape[1] == plain.eval()(torch.rand(1, 3, 64, 96))[0].shape[1]  # same head, same candidates
+    assert [type(m).__name__ for m in model.model] != [type(m).__name__ for m in plain.model]
