@@ -189,6 +189,7 @@ def table(opt, models: list[str]) -> str:
 def variants_table(opt) -> str:
     """Markdown: every stored model and variant (tag and its hyp overrides against the family recipe)."""
     from train import recipe_for
+    from utils.trainer import EXTRA_DEFAULTS
 
     lines = [f"{data_name(opt.data)}, {opt.epochs} epochs at {opt.img} px, seeds {' '.join(map(str, opt.seeds))}", "",
              "| model | variant | changes | runs | mAP50 mean (min-max) | mAP50-95 mean (min-max) | vs YOLOv5 | s/epoch |",
@@ -197,7 +198,7 @@ def variants_table(opt) -> str:
         rs = results(opt, model, tag)
         if not rs:
             continue
-        recipe = yaml.safe_load(recipe_for(model_path(model)).read_text())
+        recipe = {**EXTRA_DEFAULTS, **yaml.safe_load(recipe_for(model_path(model)).read_text())}  # keys it leaves out: defaults
         changes = [f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
                    for k, v in rs[0]["hyp"].items() if k in recipe and recipe[k] != v]
         ablation = ABLATIONS / f"{model}-{tag}.yaml"  # an architecture variant: its YAML is the change

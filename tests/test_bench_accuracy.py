@@ -57,9 +57,11 @@ def test_table_means_spans_and_ratio_to_plain_yolov5(opt):
 def test_all_variants_split_model_and_tag_and_name_the_changes(opt):
     store(opt, "yolov5s", 0, "", 0.5, 0.2)
     store(opt, "yolov5s-hornet-gf", 0, "lr2e-3", 0.6, 0.3, {"lr0": 0.002})
+    store(opt, "yolov5s", 0, "ema", 0.5, 0.2, {"ema_decay": 0.99, "ema_tau": 2000})  # keys the recipe file leaves out
     opt.all = True
     text = bench.table(opt, [])
     assert "| yolov5s-hornet-gf | lr2e-3 | lr0 0.002 | 1 | 0.600 (0.600-0.600) | 0.300 (0.300-0.300) | 1.50x | 5.0 |" in text
+    assert "| yolov5s | ema | ema_decay 0.99 | 1 |" in text  # ema_tau 2000 is the default: not a change
     assert "| yolov5s | (recipe) | - | 1 |" in text
 
 
