@@ -26,11 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402
-from utils.export import export_path, runtime_reason  # noqa: E402
+from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import HorNetPredictor, SourceError, default_source, is_stream, newest_weights, resolve_source  # noqa: E402
 from utils.trainer import check_device, increment_run_dir, warn_overwrite  # noqa: E402
 
@@ -39,10 +39,8 @@ def load_weights(weights, device):
 
     Raises FileNotFoundError naming a missing file, ValueError naming a file that is not a checkpoint.
     """
-    path = export_path(weights)
-    if not path.exists():
-        raise FileNotFoundError(f"weights not found: {path}")
-    if path.suffix.lower() != ".pt":  # .onnx, .torchscript, *_openvino_model/, ...
+    fmt, path = runnable(weights)
+    if fmt != "checkpoint":  # .onnx, .torchscript, *_openvino_model/
         return str(path)
     return load_model(path, device="cpu")  # AutoBackend moves it to --device
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 import torch  # noqa: E402
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
@@ -30,6 +30,7 @@ from ultralytics.utils.checks import check_imgsz  # noqa: E402
 from ultralytics.utils.torch_utils import select_device  # noqa: E402
 from utils.export import (  # noqa: E402
     export_metadata,
+    runnable,
     export_onnx,
     export_openvino,
     export_torchscript,
@@ -86,7 +87,9 @@ def run(
     not match PyTorch.
     """
     t0 = time.time()
-    weights = Path(weights) if weights else newest_weights()
+    fmt, weights = runnable(weights) if weights else ("checkpoint", newest_weights())
+    if fmt != "checkpoint":
+        raise ValueError(f"--weights {weights}: an exported model ({fmt}); export from the .pt checkpoint it was made from")
     include = [f.lower() for f in include]
     unknown = [f for f in include if f not in FORMATS]
     if unknown:

@@ -4,6 +4,7 @@
     python train.py --cfg cfg/yolov5n-hornet.yaml --img 160 --epochs 15
     python train.py --cfg cfg/yolov5s-hornet.yaml --hyp data/hyps/hyp.hornet.yaml --data my.yaml
     python train.py --weights runs/train/exp/weights/best.pt   # fine-tune from one of our checkpoints
+    python train.py --weights yolov5s.pt --cfg cfg/yolov5s-hornet.yaml  # what fits of YOLOv5's weights, rows aligned
     python train.py --resume                                    # continue the newest run under runs/train
     python train.py --resume runs/train/exp3/weights/last.pt
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.trainer import (  # noqa: E402
@@ -48,7 +49,7 @@ RECIPES = {"hornet": ROOT / "data/hyps/hyp.hornet.yaml", "yolov5": ROOT / "data/
 def parse_opt(argv=None) -> argparse.Namespace:
     """YOLOv5's train.py flags (plus --albumentations)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", type=str, default="", help="initial weights: our checkpoint or an official HorNet ImageNet one")
+    p.add_argument("--weights", type=str, default="", help="initial weights: a checkpoint of ours, YOLOv5's, YOLOAir's or ultralytics', or official HorNet ImageNet weights")
     p.add_argument("--cfg", type=str, default=None, help=f"model YAML (default {DEFAULT_CFG}, or the model of --weights)")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="dataset YAML")
     p.add_argument("--hyp", type=str, default=None, help="hyperparameters YAML (default: hyp.hornet.yaml for models with HorNet layers, else hyp.scratch-adamw.yaml)")
@@ -77,22 +78,18 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--albumentations", type=str, default="", help="albumentations pipeline YAML (albumentations' own format)")
+    p.add_argument("--verbose", action="store_true", help="list every tensor --weights transferred, or why not")
     return p.parse_args(argv)
 
 
-def is_our_checkpoint(path: str) -> bool:
-    from models.hornet_weights import is_official_hornet_checkpoint
-
-    return bool(path) and Path(path).is_file() and not is_official_hornet_checkpoint(path)
-
-
 def model_family(model) -> str:
-    """'hornet' if any row of a model YAML or checkpoint of ours is a HorNet layer, else 'yolov5'."""
+    """'hornet' if any row of a model YAML or of a checkpoint's model is a HorNet layer, else 'yolov5'."""
+    from models.checkpoints import read_weights, weights_format
     from models.hornet import C3HB, HORNET_LAYERS, HorNet
     from models.registry import REGISTRY
-    from models.yolo import load_model_yaml, read_checkpoint
+    from models.yolo import load_model_yaml, weights_yaml
 
-    d = read_checkpoint(model)["model_yaml"] if str(model).endswith((".pt", ".pth")) else load_model_yaml(model)
+    d = weights_yaml(read_weights(model)) if weights_format(model) == "checkpoint" else load_model_yaml(model)
     rows = [*(d.get("backbone") or []), *(d.get("head") or [])]
     names = {row[2] for row in rows if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str)}
     hornet = any(name in REGISTRY and issubclass(REGISTRY[name].cls, (*HORNET_LAYERS, C3HB, HorNet)) for name in names)
@@ -113,14 +110,21 @@ def in_repo(path: str | None) -> str | None:
 
 def model_of(opt: argparse.Namespace) -> str:
     """The model to build: --cfg, else the model of a checkpoint of ours in --weights, else the default YAML."""
-    if opt.weights and not Path(opt.weights).is_file():
-        raise FileNotFoundError(f"--weights: file not found: {opt.weights}")
-    if opt.weights and Path(opt.weights).suffix.lower() not in {".pt", ".pth"}:
-        raise CheckpointError(f"--weights {opt.weights}: an exported model cannot seed training: give a .pt checkpoint "
-                              "(ours, or official HorNet ImageNet weights)")
-    if opt.cfg is None and is_our_checkpoint(opt.weights):
-        return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
+    from models.checkpoints import read_weights
     from models.yolo import find_model_yaml
+    from utils.export import runnable
+
+    if opt.weights:
+        fmt, _ = runnable(opt.weights)
+        if fmt != "checkpoint":
+            raise CheckpointError(f"--weights {opt.weights}: an exported model ({fmt}) cannot seed training: give a .pt "
+                                  "checkpoint (ours, YOLOv5's, YOLOAir's, ultralytics', or official HorNet ImageNet weights)")
+        weights = read_weights(opt.weights)  # refuses, in one line, a file that would run code
+        if opt.cfg is None and weights.model_yaml is None:
+            hint = " (official HorNet weights: a backbone for cfg/hornet/*.yaml)" if weights.source == "official HorNet" else ""
+            raise CheckpointError(f"--weights {opt.weights}: holds weights but no model{hint}: give the model to put them in with --cfg")
+        if opt.cfg is None:
+            return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
 
     model = find_model_yaml(opt.cfg or DEFAULT_CFG)  # also cfg/NAME and the ultralytics package's models (yolo11n.yaml)
     if model is None:
@@ -200,6 +204,7 @@ def overrides_from(opt: argparse.Namespace) -> dict:
         **hyp,
         "autoanchor": not opt.noautoanchor,
         "weights": opt.weights if model != opt.weights else "",
+        "verbose_transfer": opt.verbose,
         "hyp": str(opt.hyp),
     }
     if opt.label_smoothing:

@@ -23,9 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode before ultralytics loads)
+import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402
-from utils.export import export_path, runtime_reason  # noqa: E402
+from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import newest_weights  # noqa: E402
 from utils.trainer import HorNetValidator, check_device, discard_unused_run_dir, increment_run_dir, warn_overwrite  # noqa: E402
 
@@ -56,10 +56,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> dict:
     """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes."""
-    weights = export_path(opt.weights) if opt.weights else newest_weights()
-    if not weights.exists():
-        raise FileNotFoundError(f"--weights: not found: {weights}")
-    if weights.suffix != ".pt":
+    fmt, weights = runnable(opt.weights) if opt.weights else ("checkpoint", newest_weights())
+    if fmt != "checkpoint":
         check_exported(weights)
     # clear errors naming the YAML, builds the embedded set when missing, finds a relative path from the repo root
     opt.data = load_data_config(opt.data)["yaml_file"]
@@ -74,7 +72,7 @@ def main(opt: argparse.Namespace) -> dict:
         warn_overwrite(Path(opt.project).resolve() / opt.name)
     save_dir = increment_run_dir(Path(opt.project).resolve(), opt.name, opt.exist_ok)
     try:
-        metrics, speeds = validate(opt, weights, save_dir)
+        metrics, speeds = validate(opt, weights, save_dir, fmt)
     except BaseException:
         if not opt.exist_ok:
             discard_unused_run_dir(save_dir)
@@ -101,7 +99,7 @@ def check_exported(weights: Path) -> None:
         raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {runtime_reason(e)})") from None
 
 
-def validate(opt: argparse.Namespace, weights: Path, save_dir: Path) -> tuple[dict, dict]:
+def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = "checkpoint") -> tuple[dict, dict]:
     """Run the validator into `save_dir`; returns its metrics and speeds."""
     speed = opt.task == "speed"
     args = {
@@ -126,10 +124,10 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path) -> tuple[di
         "name": save_dir.name,
         "rect": True,
     }
-    if weights.suffix == ".pt":
+    if fmt == "checkpoint":
         from models.yolo import load_model
 
-        model = load_model(weights)  # rebuilt from its YAML dict: nothing is unpickled
+        model = load_model(weights)  # rebuilt from its YAML dict: nothing in the file is run
         args["model"] = str(weights)
         validator = HorNetValidator(save_dir=save_dir, args=args)
         metrics = validator(model=model)

@@ -21,7 +21,6 @@ a HorNetWeightsError (a ValueError) carries the report. `to_official_state_dict`
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -129,13 +128,16 @@ def _is_state_dict(obj) -> bool:
 def official_state_dict(path_or_obj) -> dict[str, torch.Tensor] | None:
     """The official backbone + classifier tensors of a checkpoint, or None if it is not one.
 
-    Takes a path (loaded with `torch.load(weights_only=True)`) or an already-loaded object:
+    Takes a path (read as data by `models.checkpoints.load_data`: `torch.load(weights_only=True)` that also reads
+    plain data such as an `argparse.Namespace` of training arguments) or an already-loaded object:
     `{'model': sd}`, `{'model_ema': sd}`, `{'state_dict': sd}` or a bare state_dict `sd`. The result
     keeps only `downsample_layers.*`, `stages.*`, `norm.*` and `head.*` keys, wrapper prefixes removed.
     """
     obj = path_or_obj
     if isinstance(obj, (str, Path)):
-        obj = torch.load(obj, map_location="cpu", weights_only=True)
+        from models.checkpoints import load_data
+
+        obj = load_data(obj)
     if not isinstance(obj, dict):
         return None
     candidates = [obj[k] for k in CONTAINER_KEYS if k in obj] + [obj]
@@ -203,13 +205,10 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
     source = str(path_or_state) if isinstance(path_or_state, (str, Path)) else "checkpoint"
     try:
         sd = official_state_dict(path_or_state)
-    except pickle.UnpicklingError as e:  # it holds pickled objects besides tensors
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))  # torch's one useful line
-        first = found.group(1).split(" was not an allowed")[0].strip()[:200] if found else type(e).__name__
-        hint = "if you trust the file, keep only its tensors: torch.save({'model': torch.load(f, weights_only=False)['model']}, f2)"
-        raise HorNetWeightsError(f"{source}: not readable with torch.load(weights_only=True) ({first}); {hint}") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as e:  # a missing or broken file
-        raise HorNetWeightsError(f"{source}: cannot be read with torch.load(weights_only=True): {e}") from e
+    except OSError as e:  # a missing file
+        raise HorNetWeightsError(f"{source}: cannot be read: {e}") from e
+    except ValueError as e:  # refused (it would run code) or broken: the reader's one line
+        raise HorNetWeightsError(str(e)) from None
     if sd is None:
         raise HorNetWeightsError(f"{source}: not an official HorNet checkpoint (no downsample_layers.*/stages.* keys)")
     slots, extra = hornet_slots(model)

@@ -15,10 +15,8 @@ import argparse
 import ast
 import difflib
 import operator
-import os
 import re
 import sys
-import zipfile
 from copy import deepcopy
 from pathlib import Path
 
@@ -30,11 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that `python models/yolo.py` finds the project
 
-import models  # noqa: E402  (sets offline mode before ultralytics loads)
 from models import heads, hornet, yolov5  # noqa: E402,F401  (their modules register themselves)
+from models.checkpoints import OURS, CheckpointError, Weights, read_checkpoint, read_weights, write_checkpoint  # noqa: E402,F401
 from models.heads import AnchorDetect  # noqa: E402
 from models.loss import AnchorLoss  # noqa: E402
 from models.registry import DIALECTS, MODERN_HEAD_ROWS, REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
+from models.transfer import TransferReport, transfer  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.nn.modules import Conv, Detect  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
@@ -43,10 +42,6 @@ from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
 
 class ModelConfigError(ValueError):
     """A model YAML that cannot be built; the message names the file and the row."""
-
-
-class CheckpointError(ValueError):
-    """A weights file that is not a checkpoint train.py wrote; the message names the file and why."""
 
 
 # --- reading a YAML ----------------------------------------------------------------------------
@@ -338,41 +333,55 @@ def save_checkpoint(path, model: Model, **extra) -> Path:
     return write_checkpoint(path, {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra})
 
 
-def write_checkpoint(path, ckpt: dict) -> Path:
-    """torch.save into a temp file, then rename: a kill leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+def weights_yaml(weights: Weights) -> dict:
+    """The model dict a weights file holds; CheckpointError when it holds none (official HorNet, bare state dicts)."""
+    if weights.model_yaml is None:
+        raise CheckpointError(f"{weights.path}: a {weights.source} file holds weights but no model description; give the "
+                              "model YAML to put them in (train.py --weights FILE --cfg MODEL.yaml)")
+    d = deepcopy(weights.model_yaml)
+    if weights.source != OURS:  # errors about its rows name the file they came from
+        d["yaml_file"] = str(weights.path)
+    d.setdefault("channels", d.get("ch") or 3)
+    return d
 
 
-def read_checkpoint(path) -> dict:
-    """A checkpoint dict that train.py wrote, loaded with weights_only=True; a clear error when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        with open(path, "rb") as f:
-            legacy_pickle = f.read(1) == b"\x80"
-        torch_file = legacy_pickle or zipfile.is_zipfile(path)  # torch's zip format, or its older pickle format
-        why = "it holds pickled objects that weights_only=True refuses" if torch_file and "weights_only" in str(e) else "not a torch file, or a truncated one"
-        raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint ({why})") from e
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_yaml"), dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path} is not a HorNet-YOLOv5 checkpoint (expected 'model_yaml' and 'model' state_dict)")
-    return ckpt
+def model_of_weights(weights: Weights, nc: int | None = None, verbose: bool = False) -> Model:
+    """The model a weights file describes (its own YAML dict), built by our parser, without its weights yet."""
+    d = weights_yaml(weights)
+    return Model(d, ch=d["channels"], nc=nc, verbose=verbose)
+
+
+def transfer_weights(model: Model, weights: Weights, exclude=()) -> TransferReport:
+    """What fits of `weights` into `model` (see models.transfer), the file's rows read from its own model."""
+    source = weights.module
+    if source is None and weights.model_yaml is not None:
+        source = model_of_weights(weights)  # ours: rebuilt from its YAML (no weights needed) for its rows
+    return transfer(model, weights, exclude, source_model=source)
 
 
 def load_model(path, device="cpu") -> Model:
-    """The model of a checkpoint that train.py wrote, rebuilt from its YAML dict (no pickled code runs)."""
-    ckpt = read_checkpoint(path)
-    model = Model(ckpt["model_yaml"], ch=ckpt["model_yaml"].get("channels", 3), verbose=False)
-    model.load_state_dict(ckpt["model"])
-    if ckpt.get("names"):
-        model.names = {int(k): v for k, v in ckpt["names"].items()}
+    """The model a checkpoint describes, with its weights: ours, YOLOv5's, YOLOAir's or the ultralytics package's.
+
+    Rebuilt from the YAML dict the file holds, by our parser; nothing pickled in the file is run (models.checkpoints).
+    A foreign file whose tensors do not all fit the rebuilt model (YOLOAir builds one block per HorBlock row) loads
+    what fits, with one warning that says what starts untrained.
+    """
+    weights = read_weights(path)
+    model = model_of_weights(weights)
+    if weights.source == OURS:
+        try:
+            model.load_state_dict(weights.state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise CheckpointError(f"{path}: its weights do not fit its own model YAML ({first[:200]})") from None
+    else:
+        report = transfer_weights(model, weights)
+        if report.transferred < report.total:
+            LOGGER.warning(f"{report.summary()}; the rest starts untrained")
+    if weights.names:
+        model.names = dict(weights.names)
     model.pt_path = str(path)
+    model.weights_source = weights.source
     return model.to(device).eval()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from utils.data import build_yolo_dataset, load_data_config
 from utils.shapes import CLASSES, MARKER, _image_rng, _n_objects, make_shapes_dataset, render_shapes_image
@@ -181,30 +182,61 @@ def test_check_det_dataset_on_generated_set(tmp_path, tiny):
 
 
 def small_repo(tmp_path) -> Path:
-    """A temp 'repo' with copies of data/shapes.yaml (generating 4 + 3 images at 64 px) and utils/shapes.py."""
+    """A temp 'repo' with a copy of data/shapes.yaml (generating 4 + 3 images at 64 px) and of utils/shapes.py."""
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
     (repo / "utils").mkdir()
-    yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train=600, n_val=150, imgsz=320", "n_train=4, n_val=3, imgsz=64")
+    yaml_text = (ROOT / "data" / "shapes.yaml").read_text().replace("n_train: 600, n_val: 150, imgsz: 320", "n_train: 4, n_val: 3, imgsz: 64")
+    assert "n_train: 4" in yaml_text
     (repo / "data" / "shapes.yaml").write_text(yaml_text)
     shutil.copy(ROOT / "utils" / "shapes.py", repo / "utils" / "shapes.py")
     return repo
 
 
-def test_download_snippet_builds_into_datasets_beside_repo(tmp_path, monkeypatch):
-    """data/shapes.yaml's download step, run on a copy of the repo's data/ and utils/ in a temp 'repo'."""
-    from ultralytics.data.utils import check_det_dataset
-
+def test_embedded_set_builds_into_datasets_beside_repo(tmp_path, monkeypatch):
+    """data/shapes.yaml's `generate:` arguments, on a copy in a temp 'repo': the set lands beside it from any folder."""
     repo = small_repo(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the set must land beside the repo whatever the working directory
     for _ in range(2):  # generated once, then found
-        data = check_det_dataset(str(repo / "data" / "shapes.yaml"))
+        data = load_data_config(repo / "data" / "shapes.yaml")
         expected = (tmp_path / "datasets" / "shapes" / "images").resolve()
         assert Path(data["train"]) == expected / "train" and Path(data["val"]) == expected / "val"
         assert len(list(Path(data["val"]).glob("*.jpg"))) == 3 and data["nc"] == len(CLASSES)
     assert not (repo / "datasets").exists()
+
+
+def test_a_download_step_is_never_run_even_when_it_names_the_generator(tmp_path, monkeypatch):
+    """A `download:` snippet that mentions make_shapes_dataset but runs a command: nothing runs, the error says so."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    f = tmp_path / "evil.yaml"
+    f.write_text(f"train: images/train\nval: images/val\nnames: {{0: a}}\n"
+                 f"download: \"make_shapes_dataset = 1; __import__('os').system('touch {marker}')\"\n")
+    with pytest.raises(FileNotFoundError, match="download: step is not run here") as e:
+        load_data_config(f)
+    assert "evil.yaml" in str(e.value) and "Python code" in str(e.value)
+    assert not marker.exists()
+
+
+def test_an_older_download_snippet_is_read_for_its_literal_arguments(tmp_path):
+    """A shapes.yaml of an earlier version (its download: snippet calls the generator): the keyword arguments are
+    parsed as literals and the generator called with them; the snippet itself is never run."""
+    from utils.data import shapes_generator_args
+
+    snippet = ("import importlib.util\nrepo = 1\n"
+               "root = shapes.make_shapes_dataset(repo.parent / 'datasets' / 'shapes', n_train=5, n_val=2, imgsz=64, seed=3)\n")
+    assert shapes_generator_args({"download": snippet}) == {"n_train": 5, "n_val": 2, "imgsz": 64, "seed": 3}
+    assert shapes_generator_args({"download": snippet.replace("seed=3", "seed=__import__('os').getpid()")}) is None
+    assert shapes_generator_args({"generate": {"n_train": 10**9}}) is None  # bounded
+    assert shapes_generator_args({"generate": {"n_train": 4, "root": "/"}}) is None  # only the generator's own keys
+    f = tmp_path / "data" / "old.yaml"
+    f.parent.mkdir()
+    f.write_text(yaml.safe_dump({"train": "../sets/s/images/train", "val": "../sets/s/images/val",
+                                 "names": dict(enumerate(CLASSES)), "download": snippet}))
+    data = load_data_config(f)
+    assert len(list(Path(data["train"]).glob("*.jpg"))) == 5 and len(list(Path(data["val"]).glob("*.jpg"))) == 2
 
 
 def test_load_data_config_builds_the_embedded_set_without_naming_wrong_folders(tmp_path, monkeypatch, log_lines):

@@ -122,7 +122,7 @@ def test_ctrl_c_says_where_it_stopped_and_what_resume_does(tiny_data, tmp_path):
         line = err.strip().splitlines()[-1]
         assert line.startswith("train.py: stopped (Ctrl-C)"), line
         if after_checkpoint:
-            assert f"in epoch" in line and f"--resume {project / name / 'weights' / 'last.pt'} goes on from epoch" in line
+            assert "in epoch" in line and f"--resume {project / name / 'weights' / 'last.pt'} goes on from epoch" in line
         else:  # during start-up or epoch 1
             assert "nothing to resume" in line and f"{project / name} removed" in line and not (project / name).exists()
 
@@ -172,6 +172,13 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     (d / "truncated.pt").write_bytes(best.read_bytes()[:5000])
     torch.save({"model": torch.nn.Linear(2, 2)}, d / "pickled.pt")
     (d / "notes.pt").write_text("not weights")
+
+    class RunsCode:  # a checkpoint whose pickle calls os.system when it is loaded
+        def __reduce__(self):
+            return (os.system, (f"touch {d / 'MARKER'}",))
+
+    for name in ("code.PT", "code.Pt", "code.pth"):
+        torch.save({"model": RunsCode(), "epoch": 1, "optimizer": {}}, d / name)
     (d / "corrupt.onnx").write_bytes(os.urandom(4000))
     (d / "corrupt_openvino_model").mkdir()
     (d / "corrupt_openvino_model" / "corrupt.xml").write_text("<net><layers>")
@@ -192,24 +199,31 @@ MISTAKES = {
     "train-no-head": ("train.py", "--cfg {dir}/no_head.yaml", "missing 'head'"),
     "train-broken-yaml": ("train.py", "--cfg {dir}/broken.yaml", "not valid YAML: line 3"),
     "train-truncated": ("train.py", "--weights {dir}/truncated.pt", "truncated"),
-    "train-pickled": ("train.py", "--weights {dir}/pickled.pt", "pickled objects"),
+    "train-pickled": ("train.py", "--weights {dir}/pickled.pt", "holds weights but no model"),
+    "train-code": ("train.py", "--weights {dir}/code.PT", "refused, nothing in it was run: it needs posix.system"),
+    "train-code-cfg": ("train.py", "--weights {dir}/code.Pt --cfg cfg/yolov5n.yaml", "refused, nothing in it was run"),
+    "train-resume-code": ("train.py", "--resume {dir}/code.PT", "refused, nothing in it was run"),
+    "train-missing-name": ("train.py", "--weights yolov5s.pt", "nothing is downloaded here"),
     "train-text": ("train.py", "--weights {dir}/notes.pt", "not a torch file"),
-    "train-onnx": ("train.py", "--weights {dir}/corrupt.onnx", "exported model cannot seed training"),
+    "train-onnx": ("train.py", "--weights {dir}/corrupt.onnx", "cannot seed training"),
     "train-device": ("train.py", "--device 99", "--device 99"),
     "train-finished": ("train.py", "--resume {last}", "that run is finished"),
     "train-data": ("train.py", "--data coco128.yaml", "data/shapes.yaml"),
     "val-onnx": ("val.py", "--weights {dir}/corrupt.onnx --data {data}", "corrupt.onnx: cannot be loaded"),
     "val-openvino": ("val.py", "--weights {dir}/corrupt_openvino_model --data {data}", "corrupt_openvino_model: cannot be loaded"),
     "val-text": ("val.py", "--weights {dir}/notes.pt --data {data}", "not a torch file"),
+    "val-code": ("val.py", "--weights {dir}/code.PT --data {data}", "refused, nothing in it was run"),
     "val-data": ("val.py", "--weights {best} --data coco128.yaml", "data YAML not found"),
     "val-device": ("val.py", "--weights {best} --data {data} --device 99", "--device 99"),
     "detect-corrupt-image": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg", "no image or video frame could be read"),
     "detect-empty-image": ("detect.py", "--weights {best} --source {dir}/empty.jpg", "no image or video frame could be read"),
     "detect-onnx": ("detect.py", "--weights {dir}/corrupt.onnx --source {dir}/corrupt.jpg", "corrupt.onnx"),
     "detect-openvino": ("detect.py", "--weights {dir}/corrupt_openvino_model/corrupt.xml --source {dir}/corrupt.jpg", "corrupt_openvino_model"),
+    "detect-code": ("detect.py", "--weights {dir}/code.Pt --source {dir}/corrupt.jpg", "refused, nothing in it was run"),
     "detect-device": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --device 99", "--device 99"),
     "export-text": ("export.py", "--weights {dir}/notes.pt", "not a torch file"),
-    "export-onnx": ("export.py", "--weights {dir}/corrupt.onnx", "not a HorNet-YOLOv5 checkpoint"),
+    "export-onnx": ("export.py", "--weights {dir}/corrupt.onnx", "an exported model"),
+    "export-code": ("export.py", "--weights {dir}/code.pth", "refused, nothing in it was run"),
     "export-device": ("export.py", "--weights {best} --device 99", "--device 99: "),
     "export-format": ("export.py", "--weights {best} --include tflite", "supported formats are"),
 }
@@ -238,6 +252,7 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
         if r.returncode != 1 or "Traceback" in said or not lines or left:
             failures.append(f"{case}: exit {r.returncode}, left {left}, output tail:\n{said[-1500:]}")
     assert not failures, "\n\n".join(failures)
+    assert not (d / "MARKER").exists(), "a checkpoint ran code"
 
 
 @pytest.fixture

@@ -163,12 +163,22 @@ def test_is_official_hornet_checkpoint(tmp_path):
 
 
 def test_unreadable_checkpoints_are_named(tmp_path):
-    """Files that weights_only=True refuses (pickled objects besides tensors) fail with the file and a way out."""
+    """Training arguments (an argparse.Namespace) beside the weights are plain data and read; a file that would run
+    code, or one that is missing, fails with one line naming it and nothing in the model changes."""
+    import os
+
     torch.save({"model": {"stages.0.0.gamma1": torch.zeros(2)}, "args": argparse.Namespace(lr=1)}, tmp_path / "ns.pth")
+    assert is_official_hornet_checkpoint(tmp_path / "ns.pth")
+
+    class Runs:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'MARKER'}",))
+
+    torch.save({"model": {"stages.0.0.gamma1": torch.zeros(2)}, "args": Runs()}, tmp_path / "code.pth")
     rows = torch.nn.Sequential()
-    with pytest.raises(HorNetWeightsError, match=r"ns\.pth: not readable .*argparse\.Namespace.*keep only its tensors"):
-        load_hornet_weights(rows, tmp_path / "ns.pth", verbose=False)
-    assert not is_official_hornet_checkpoint(tmp_path / "ns.pth")
+    with pytest.raises(HorNetWeightsError, match=r"code\.pth: refused, nothing in it was run: it needs posix\.system"):
+        load_hornet_weights(rows, tmp_path / "code.pth", verbose=False)
+    assert not is_official_hornet_checkpoint(tmp_path / "code.pth") and not (tmp_path / "MARKER").exists()
     with pytest.raises(HorNetWeightsError, match="missing.pth: cannot be read"):
         load_hornet_weights(rows, tmp_path / "missing.pth", verbose=False)
 

@@ -236,7 +236,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
         assert torch.equal(model.eval()(x)[0], loaded(x)[0])
     assert loaded.names == {0: "cat", 1: "dog"}
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt is not a HorNet-YOLOv5 checkpoint"):
+    with pytest.raises(ValueError, match="junk.pt: not a torch file"):
         load_model(tmp_path / "junk.pt")
 
 

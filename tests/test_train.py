@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import train  # noqa: E402
 from conftest import shapes_data_yaml  # noqa: E402
 from models.yolo import Model, load_model  # noqa: E402
-from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, increment_run_dir, load_hyp, transfer_weights  # noqa: E402
+from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
 
 NAMES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
 FAST = ["--img", "64", "--batch-size", "4", "--workers", "0", "--noplots"]
@@ -197,16 +197,21 @@ def test_run_folders_increment(tmp_path):
     assert (tmp_path / "exp" / "mine.txt").read_text() == "user file"
 
 
-def test_weight_transfer_reports_mismatch(trained):
+def test_weight_transfer_to_another_class_count_keeps_all_but_the_class_outputs(trained):
+    """Our 6-class run into a 3-class model: every tensor comes across; in the head's convs each anchor keeps its box
+    and objectness outputs from the file, and only its class outputs start anew."""
     trainer, _ = trained
-    model = Model("cfg/yolov5n.yaml", nc=3, verbose=False)  # other nc: the head convs cannot take the weights
-    before = model.model[0].conv.weight.clone()
-    report = transfer_weights(model, trainer.last)
-    assert 0 < report["transferred"] < report["total"]
-    assert {k for k, *_ in report["mismatched"]} >= {"model.24.m.0.weight", "model.24.m.0.bias"}
-    assert not torch.equal(before, model.model[0].conv.weight)  # the backbone did change
-    ckpt = torch.load(trainer.last, weights_only=True)
-    assert torch.equal(model.model[0].conv.weight, ckpt["model"]["model.0.conv.weight"])
+    model = Model("cfg/yolov5n.yaml", nc=3, verbose=False)
+    new_classes = model.model[24].m[0].weight[5:8].clone()
+    report = HorNetTrainer.load_weights(model, trainer.last)
+    assert report.transferred == report.total and not report.rows_new
+    assert report.rows_partial == [(24, "Detect", "class outputs new")]
+    ckpt = torch.load(trainer.last, weights_only=True)["model"]
+    assert torch.equal(model.model[0].conv.weight, ckpt["model.0.conv.weight"])
+    w, src = model.model[24].m[0].weight, ckpt["model.24.m.0.weight"]  # (3 anchors x 8, ...) from (3 x 11, ...)
+    for a in range(3):
+        assert torch.equal(w[a * 8:a * 8 + 5], src[a * 11:a * 11 + 5])
+    assert torch.equal(w[5:8], new_classes)  # the class outputs are the fresh model's
 
 
 def test_anchor_free_head_keeps_ultralytics_loss(data, fast_hyp, tmp_path):

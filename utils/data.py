@@ -1,7 +1,8 @@
 """Dataset glue on the ultralytics engine: data YAML loading with clear errors, and row-level label checks.
 
-- `load_data_config(path)`: ultralytics' `check_det_dataset` (which also runs a YAML's `download:` step), plus
-  errors that name the YAML and the missing path.
+- `load_data_config(path)`: ultralytics' `check_det_dataset` with its `download:` step switched off, plus errors that
+  name the YAML and the missing path. A dataset YAML is data: its `download:` step (a URL, a bash line or Python code)
+  is never run. The embedded shapes set is made by calling its generator with the literal arguments its YAML gives.
 - `build_yolo_dataset(...)`: ultralytics' `build_yolo_dataset`, but its detection dataset is `CheckedYOLODataset`,
   which drops bad label rows one by one instead of dropping the whole image.
 
@@ -43,12 +44,13 @@ def list_data_yamls() -> str:
 
 
 def load_data_config(path, autodownload: bool = True) -> dict:
-    """Read and check a dataset YAML, generating or downloading its data when missing (its `download:` step).
+    """Read and check a dataset YAML; generate the embedded set when the YAML names its generator and the data is missing.
 
     Args:
         path (str | Path): dataset YAML. A relative path is looked up from the working directory first, then from
             the repository root (so `--data data/shapes.yaml` works from anywhere).
-        autodownload: run the YAML's `download:` step when the val images are missing.
+        autodownload: make the embedded set when its YAML's val images are missing (a `download:` step of any other
+            kind is never run: its images must be fetched by hand, and the error says what the step would have done).
 
     Returns:
         (dict): ultralytics' dataset dict: `train`, `val` (absolute paths), `names` ({index: name}), `nc`,
@@ -67,11 +69,21 @@ def load_data_config(path, autodownload: bool = True) -> dict:
             f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
             f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
         )
-    if autodownload:
-        _build_embedded_set(file)
+    import yaml
+
     try:
-        data = check_det_dataset(str(file), autodownload=autodownload)
+        raw = yaml.safe_load(file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({str(e).splitlines()[0][:160]})") from None
+    if autodownload and isinstance(raw, dict):
+        _build_embedded_set(file, raw)
+    try:
+        data = check_det_dataset(str(file), autodownload=False)  # the engine's checks; its download step never runs
     except FileNotFoundError as e:  # ultralytics names the dataset by the string it got; say which YAML and why
+        step = raw.get("download") if isinstance(raw, dict) else None
+        if step:
+            raise FileNotFoundError(f"data YAML {file}: {_missing(e)}; its download: step is not run here (a dataset "
+                                    f"YAML is data, never code: {_describe(step)}): fetch the data by hand") from None
         raise FileNotFoundError(f"data YAML {file}: {e}") from e
 
     _refresh_shapes_set(data)
@@ -93,21 +105,61 @@ def load_data_config(path, autodownload: bool = True) -> dict:
     return data
 
 
-def _build_embedded_set(file: Path) -> None:
-    """Run the `download:` step of a YAML that generates the embedded set, when its val images are missing.
+def _missing(e: Exception) -> str:
+    """The engine's 'images not found' message in one short clause."""
+    text = " ".join(str(e).split())
+    return (text[:200] + "...") if len(text) > 200 else text
 
-    The engine would run the same step, but around it log a 'missing path' and a 'saved to' that both name
-    folders where the data is not (it resolves the YAML's relative paths before the step, and names its own
-    datasets dir after it).
+
+def _describe(step) -> str:
+    """What a `download:` step would have done, in a few words (never run)."""
+    text = str(step).strip()
+    if text.startswith(("http://", "https://")) or (isinstance(step, list) and step):
+        return f"it would download {text.split()[0][:120]}"
+    if text.startswith("bash "):
+        return f"it would run the shell command {text[5:].splitlines()[0][:120]!r}"
+    return f"it would run Python code starting {text.splitlines()[0][:80]!r}"
+
+
+def shapes_generator_args(raw: dict) -> dict | None:
+    """The literal arguments of the embedded set's generator that a data YAML names, or None.
+
+    The YAML says `generate: {n_train: 600, n_val: 150, imgsz: 320, seed: 0}`; a YAML of an earlier version whose
+    `download:` snippet calls `make_shapes_dataset(..., n_train=600, ...)` is read too, by parsing the call's keyword
+    arguments as literals (the snippet itself is never run).
     """
-    import yaml
+    import ast
 
-    raw = yaml.safe_load(file.read_text()) or {}
-    step, val = raw.get("download"), raw.get("val")
-    if not (isinstance(step, str) and "make_shapes_dataset" in step and isinstance(val, str)) or raw.get("path"):
+    args = raw.get("generate")
+    if args is None and isinstance(raw.get("download"), str) and "make_shapes_dataset" in raw["download"]:
+        try:
+            tree = ast.parse(raw["download"])
+        except SyntaxError:
+            return None
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and getattr(n.func, "attr", getattr(n.func, "id", None)) == "make_shapes_dataset"]
+        if len(calls) != 1:
+            return None
+        try:
+            args = {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords}
+        except ValueError:
+            return None
+    if not isinstance(args, dict) or set(args) - shapes.GENERATOR_ARGS:
+        return None
+    limits = {"n_train": (1, 100_000), "n_val": (1, 100_000), "imgsz": (32, 4096), "seed": (0, 2**32 - 1)}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and limits[k][0] <= v <= limits[k][1] for k, v in args.items()):
+        return None
+    return args
+
+
+def _build_embedded_set(file: Path, raw: dict) -> None:
+    """Make the embedded set where a YAML that names its generator points, when its val images are missing."""
+    args, val = shapes_generator_args(raw), raw.get("val")
+    if args is None or not isinstance(val, str) or raw.get("path"):
         return
-    if not (file.parent / val).exists():
-        exec(step, {"yaml": {**raw, "yaml_file": str(file)}})  # the YAML's own step, as the engine runs it
+    folder = (file.parent / val).resolve()
+    if not folder.exists():
+        shapes.make_shapes_dataset(folder.parent.parent, **args)  # <root>/images/val
 
 
 def _refresh_shapes_set(data: dict) -> None:

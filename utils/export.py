@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.checkpoints import CheckpointError, weights_format, weights_not_found
 from models.exportable import exportable_model, has_global_filter
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.backends import OpenVINOBackend
@@ -120,7 +121,29 @@ def runtime_reason(e: BaseException) -> str:
 def export_path(weights) -> Path:
     """The path AutoBackend takes for `weights`: an OpenVINO export's folder when given the .xml inside it."""
     path = Path(weights)
-    return path.parent if path.suffix == ".xml" and path.parent.name.endswith("_openvino_model") else path
+    return path.parent if path.suffix.lower() == ".xml" and path.parent.name.endswith("_openvino_model") else path
+
+
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino")  # what the engine's AutoBackend is given to run, and only these
+
+
+def runnable(weights, flag: str = "--weights") -> tuple[str, Path]:
+    """(format, path) of a weights argument, by the file's content whatever its suffix: 'checkpoint' (a torch file,
+    read by models.checkpoints and never by the engine's loader) or one of EXPORT_FORMATS.
+
+    Raises FileNotFoundError (not on disk: for a bare name such as yolov5s.pt, where such files come from) or
+    CheckpointError, a ValueError (a file that is neither).
+    """
+    path = export_path(weights)
+    if not path.exists():
+        if len(Path(str(weights)).parts) == 1:
+            raise weights_not_found(weights, flag)
+        raise FileNotFoundError(f"{flag}: not found: {path}")
+    fmt = weights_format(path)
+    if fmt is None:
+        raise CheckpointError(f"{flag} {path}: not a model this project runs: give a .pt checkpoint (ours, YOLOv5's, YOLOAir's, "
+                         "the ultralytics package's) or an export of ours (.onnx, .torchscript, *_openvino_model)")
+    return fmt, path
 
 
 def openvino_xml(path) -> Path:

@@ -43,11 +43,11 @@ def newest_weights(root=ROOT / "runs" / "train") -> Path:
 
 
 def default_source(data=None):
-    """The val images of the dataset YAML `data` (built by its download step if needed), else ultralytics' sample images."""
+    """The val images of the dataset YAML `data` (the embedded set made if needed), else ultralytics' sample images."""
     data = Path(data) if data else ROOT / "data" / "shapes.yaml"
     if data.is_file() or (ROOT / data).is_file():
         try:
-            from utils.data import load_data_config  # clearer errors, runs the YAML's download step
+            from utils.data import load_data_config  # clearer errors; makes the embedded set when missing
 
             val = load_data_config(str(data)).get("val")
             val = val[0] if isinstance(val, list) else val

@@ -10,7 +10,7 @@ YOLO format:
 Boxes are computed from the pixels each shape covers (a mask drawn with the same geometry), so they are tight and
 clipped to the image. The same seed gives byte-identical label files and identical images.
 
-This module depends only on numpy and OpenCV so that a dataset YAML's `download:` snippet can load it by file path.
+This module depends only on numpy and OpenCV; data YAMLs name it with literal arguments (`generate:`, utils/data.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 GENERATOR = "hornet-yolov5 shapes"
 VERSION = 2  # 2: class colour families, objects from 16 px at 320 (1: random colours, from 8 px)
+GENERATOR_ARGS = {"n_train", "n_val", "imgsz", "seed"}  # make_shapes_dataset's keyword arguments a data YAML may give
 MARKER = "shapes_dataset.json"  # written last inside the temp folder: a folder holding it is complete and ours
 
 # Each class has its own colour family, an OpenCV hue (0..180) drawn with random shade: hue +-12 degrees,

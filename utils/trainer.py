@@ -33,12 +33,13 @@ import torch
 import yaml
 from torch import distributed as dist
 
-import models  # noqa: F401  (offline mode before ultralytics loads)
+import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
-from models.hornet_weights import format_report, is_official_hornet_checkpoint, load_hornet_weights
+from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
-from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, write_checkpoint, yaml_problem
+from models.checkpoints import OFFICIAL_HORNET, Weights, read_weights, weights_format
+from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
 from utils.export import run_in_export_precision
@@ -47,7 +48,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.files import get_latest_run
-from ultralytics.utils.torch_utils import ModelEMA, intersect_dicts, unwrap_model
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 # YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning.
 # Not `cls_pw`: YOLOv5's is a class-BCE positive weight, the engine's a class-frequency weight power.
@@ -67,11 +68,12 @@ EXTRA_DEFAULTS = {
     "ema_decay": 0.9999,  # the weight EMA's largest decay (the engine's ModelEMA default)
     "ema_tau": 2000,  # optimizer steps over which the EMA's decay ramps up to ema_decay (the engine's default)
     "autoanchor": True,  # check (and fix) the anchors before training
-    "weights": "",  # initial weights: our checkpoint or an official HorNet one
+    "weights": "",  # initial weights: a checkpoint of ours, YOLOv5's, YOLOAir's, ultralytics', or official HorNet
+    "verbose_transfer": False,  # list every tensor --weights moved or did not
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
-HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations"}))
+HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer"}))
 HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
               "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
@@ -154,35 +156,6 @@ def plain(x):
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
     return str(x)
-
-
-def transfer_weights(model: torch.nn.Module, path, exclude=("anchors",)) -> dict:
-    """Copy the tensors of our checkpoint at `path` whose names and shapes match into `model`; report the rest.
-
-    The engine's `intersect_dicts` picks the tensors; unlike the engine's `BaseModel.load` (which unpickles and
-    only counts), the report names what was not transferred. Returns {'transferred': n, 'total': tensors in the
-    model, 'mismatched': [(key, ckpt shape, model shape)], 'missing': model keys the checkpoint lacks, 'unused':
-    checkpoint keys the model lacks}.
-    """
-    src = read_checkpoint(path)["model"]
-    dst = model.state_dict()
-    take = intersect_dicts(src, dst, exclude)
-    model.load_state_dict(take, strict=False)
-    mismatched = [(k, tuple(v.shape), tuple(dst[k].shape)) for k, v in src.items()
-                  if k in dst and k not in take and not any(x in k for x in exclude)]
-    report = {
-        "transferred": len(take),
-        "total": len(dst),
-        "mismatched": mismatched,
-        "missing": [k for k in dst if k not in src],
-        "unused": [k for k in src if k not in dst],
-    }
-    LOGGER.info(f"Transferred {len(take)}/{len(dst)} items from {path}")
-    for k, a, b in mismatched:
-        LOGGER.info(f"  not transferred (shape {a} in checkpoint, {b} in model): {k}")
-    if report["missing"]:
-        LOGGER.info(f"  {len(report['missing'])} model tensors not in the checkpoint, e.g. {report['missing'][:3]}")
-    return report
 
 
 def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Path:
@@ -414,7 +387,7 @@ class HorNetTrainer(DetectionTrainer):
         if layer_scale != EXTRA_DEFAULTS["layer_scale"] and set_layer_scale(model, layer_scale):  # the blocks' own init is 1e-6
             LOGGER.info(f"layer scale: HorBlocks start at {layer_scale:g} (the paper's: 1e-6)")
         if weights and isinstance(weights, (str, Path)):
-            self.load_weights(model, weights)
+            self.load_weights(model, weights, verbose=bool(getattr(self.args, "verbose_transfer", False)))
         elif isinstance(weights, torch.nn.Module):
             model.load_state_dict(weights.state_dict(), strict=False)
         if getattr(self.args, "drop_path", 0):
@@ -423,15 +396,22 @@ class HorNetTrainer(DetectionTrainer):
         return model
 
     @staticmethod
-    def load_weights(model, path) -> dict:
-        """Official HorNet ImageNet weights into the HorNet rows, or matching tensors of one of our checkpoints."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--weights: file not found: {path}")
-        if is_official_hornet_checkpoint(path):
-            report = load_hornet_weights(model, path, verbose=False)
+    def load_weights(model, path, exclude=("anchors",), verbose: bool = False):
+        """Official HorNet ImageNet weights into the HorNet rows, or what fits of any detector's checkpoint (rows
+        aligned, see models.transfer); one summary line, every tensor with `verbose`. `path` may be read already."""
+        weights = path if isinstance(path, Weights) else read_weights(path)
+        path = weights.path
+        if weights.source == OFFICIAL_HORNET:
+            report = load_hornet_weights(model, weights.state, verbose=False)
             LOGGER.info(f"HorNet ImageNet weights from {path}:\n{format_report(report)}")
             return report
-        return transfer_weights(model, path)
+        report = transfer_weights(model, weights, exclude)
+        LOGGER.info(report.summary())
+        if verbose:
+            LOGGER.info("\n".join(report.details()))
+        if not report.transferred:
+            LOGGER.warning(f"--weights {path}: nothing fits this model (another scale or another kind of model?): it trains from scratch")
+        return report
 
     def setup_model(self):
         """Build the model: from the resume checkpoint, from a checkpoint of ours, or from the YAML + weights."""
@@ -443,11 +423,10 @@ class HorNetTrainer(DetectionTrainer):
             self.model.load_state_dict(ckpt["model"])
             return ckpt
         cfg, weights = self.args.model, self.args.weights or None
-        if str(cfg).endswith((".pt", ".pth")):  # --weights ours.pt without --cfg: its model, its anchors
-            ckpt = read_checkpoint(cfg)
-            self.model = self.get_model(cfg=ckpt["model_yaml"], verbose=RANK in {-1, 0})
-            self.model.load_state_dict(ckpt["model"], strict=False)
-            LOGGER.info(f"Model and weights from {cfg}")
+        if weights_format(cfg) == "checkpoint":  # --weights FILE without --cfg: the file's own model, its anchors
+            source = read_weights(cfg)
+            self.model = self.get_model(cfg=weights_yaml(source), verbose=RANK in {-1, 0})
+            self.load_weights(self.model, source, exclude=(), verbose=bool(getattr(self.args, "verbose_transfer", False)))
             return None
         self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
         return None
