@@ -7,8 +7,12 @@ asks for), and `ULTRALYTICS_SAFE_LOAD` switches the engine's own checkpoint load
 """
 
 import os
+import sys
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
 os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # torch refuses to load with both set
+for _name in ("ultralytics.utils", "ultralytics.nn.tasks"):  # imported before this package: they read the flag already
+    if hasattr(sys.modules.get(_name), "SAFE_LOAD"):
+        sys.modules[_name].SAFE_LOAD = True

@@ -194,12 +194,18 @@ def allowed(name: str):
 
 
 def _load(path: Path, needed: list[str]):
-    """torch.load(weights_only=True) with the globals the file needs allowed (the caller checked them)."""
-    already = {n for n in (f"{g.__module__}.{g.__qualname__}" if not isinstance(g, tuple) else g[1]
-                           for g in torch.serialization.get_safe_globals())}
-    extra = [(allowed(n), n) for n in needed if n not in already]
+    """torch.load(weights_only=True) with the globals the file needs allowed (the caller checked them).
+
+    torch's allow-list is process-wide and its context manager removes on exit what it added, so only entries not
+    there already are added (the engine's restricted loader registers its own for good; a name it holds keeps its
+    entry: the reader handles its real classes as it handles stand-ins).
+    """
+    present = torch.serialization.get_safe_globals()
+    names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in present}
+    extra = [(allowed(n), n) for n in needed if n not in names]
     if "numpy.dtype" in needed:  # dtype instances are built as numpy.dtypes classes, which the scan does not list
         extra += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    extra = [e for e in extra if e not in present]
     with torch.serialization.safe_globals(extra):
         return torch.load(path, map_location="cpu", weights_only=True)
 
