@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.checkpoints import read_weights  # noqa: E402
+from models.transfer import row_ranges  # noqa: E402
 from models.yolo import Model, transfer_weights  # noqa: E402
 
 PEERS = ROOT.parent / "shared" / "fixtures" / "peer_checkpoints"
@@ -43,7 +44,7 @@ def sources(folder: Path) -> list[tuple[str, Path, str]]:
 
 
 def cell(model: Model, report) -> str:
-    new = ", ".join(str(i) for i, _ in report.rows_new)
+    new = row_ranges([i for i, _ in report.rows_new])
     return f"{report.transferred}/{report.total}" + (f" (new: {new})" if new else "")
 
 

@@ -116,7 +116,7 @@ class TransferReport:
         parts = [f"Transferred {self.transferred}/{self.total} tensors from {self.label}"]
         rows = []
         if self.rows_full:
-            rows.append(f"rows {_ranges(self.rows_full)}")
+            rows.append(f"rows {row_ranges(self.rows_full)}")
         if self.rows_partial:
             rows.append("partly: " + ", ".join(f"row {i} ({k}{': ' + n if n else ''})" for i, k, n in self.rows_partial))
         if self.rows_new:
@@ -133,7 +133,7 @@ class TransferReport:
         return lines
 
 
-def _ranges(rows: list[int]) -> str:
+def row_ranges(rows: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
     out, start = [], None
     for i, r in enumerate(rows):
