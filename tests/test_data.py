@@ -323,3 +323,28 @@ def test_clean_set_has_no_warnings(tmp_path, tiny, log_lines):
     dataset = build_yolo_dataset(_cfg(), data["val"], 4, data, mode="val")
     assert len(dataset) == 8
     assert not [t for level, t in log_lines if level == "WARNING" and ("skipped" in t or "corrupt" in t)]
+
+
+def test_a_label_cache_that_would_run_code_is_moved_aside(tmp_path, log_lines):
+    """The engine loads `labels/<split>.cache` with np.load(allow_pickle=True): a cache in a data set's folder whose
+    pickle calls os.system would run it. It is checked first (numpy's rebuilders are its only allowed globals), moved
+    aside with a warning, and the labels are scanned anew; a cache the engine wrote is read as before."""
+    root = make_shapes_dataset(tmp_path / "set", n_train=4, n_val=2, imgsz=IMGSZ, seed=4)
+    data = load_data_config(_data_yaml(tmp_path, root))
+    build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")  # writes the engine's own cache
+    cache = root / "labels" / "train.cache"
+    assert cache.is_file()
+    log_lines.clear()
+    build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")
+    assert not (root / "labels" / "train.cache.refused").exists()
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'MARKER'}",))
+
+    with open(cache, "wb") as f:
+        np.save(f, {"labels": [RunsCode()], "version": "x", "hash": "x"}, allow_pickle=True)
+    dataset = build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")
+    assert len(dataset) == 4 and not (tmp_path / "MARKER").exists()
+    assert (root / "labels" / "train.cache.refused").is_file()
+    assert any("would run code" in t and "posix.system" in t for _, t in log_lines)

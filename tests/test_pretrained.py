@@ -106,6 +106,18 @@ def test_a_bare_name_that_is_not_on_disk_says_nothing_is_downloaded(tmp_path, mo
         load_model("yolo11n.pt")
 
 
+def test_a_checkpoint_in_upper_case_is_a_checkpoint(tmp_path):
+    """best.PT (or .Pt, .PTH): told by its content, so train.py without --cfg trains its model, as with .pt."""
+    import shutil
+
+    import train
+
+    f = tmp_path / "yolov5n.PT"
+    shutil.copy(peer("yolov5n_raccoon.pt"), f)
+    assert train.model_of(train.parse_opt(["--weights", str(f)])) == str(f)
+    assert train.model_family(str(f)) == "yolov5" and load_model(f).weights_source == "YOLOv5"
+
+
 # --- refusing what would run code ------------------------------------------------------------------------------------
 
 

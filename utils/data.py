@@ -17,11 +17,14 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
+import pickle
 import tempfile
 import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 from ultralytics.data import build as ul_build
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset, verify_image_label
@@ -281,6 +284,40 @@ class _WarnScanMessages(logging.Filter):
         return True
 
 
+# What an ultralytics label cache (np.save of a dict of lists, strings and numpy arrays) may name: numpy's own rebuilders
+CACHE_GLOBALS = {f"numpy.{m}.multiarray.{f}" for m in ("core", "_core") for f in ("_reconstruct", "scalar")} | {
+    "numpy.ndarray", "numpy.dtype", "builtins.set", "collections.OrderedDict"}
+
+
+class _DataOnly(pickle.Unpickler):
+    """An unpickler that resolves only the globals of CACHE_GLOBALS (every class lookup comes through find_class)."""
+
+    def find_class(self, module, name):
+        if f"{module}.{name}" not in CACHE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def cache_is_data(path: Path) -> tuple[bool, str]:
+    """(True, '') when a .npy label cache holds only data; else (False, the global it names). The payload is
+    unpickled with numpy's rebuilders as the only globals, so nothing in it can run."""
+    if not path.is_file():
+        return True, ""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            if not dtype.hasobject:
+                return True, ""
+            _DataOnly(f).load()
+    except pickle.UnpicklingError as e:
+        return False, str(e)
+    except Exception:
+        return True, ""  # not a .npy file, or a broken one: the engine finds it unreadable and scans anew
+    return True, ""
+
+
 class CheckedYOLODataset(YOLODataset):
     """ultralytics' YOLODataset whose label scan skips bad rows instead of whole files.
 
@@ -295,6 +332,17 @@ class CheckedYOLODataset(YOLODataset):
         """ultralytics' per-image verification, with `verify_image_label` replaced by the row-checking version."""
         func, iterable = super().verify_args()
         return (verify_image_label_rows if func is verify_image_label else func), iterable
+
+    def _load_or_scan_cache(self, cache_path: Path, cache_hash: str):
+        """The engine's cache load (np.load with allow_pickle), only for a cache that holds data: a cache file in a
+        data set's folder that names code is moved aside, with a line saying so, and the labels are scanned anew."""
+        ok, what = cache_is_data(Path(cache_path))
+        if not ok:
+            aside = Path(cache_path).with_name(Path(cache_path).name + ".refused")
+            os.replace(cache_path, aside)
+            LOGGER.warning(f"{cache_path}: a label cache that would run code when loaded ({what}): not read, moved to {aside}; "
+                           "the labels are scanned anew")
+        return super()._load_or_scan_cache(cache_path, cache_hash)
 
     def get_cache_hash(self) -> str:
         """ultralytics' cache hash, salted so that a cache written by plain ultralytics is not reused."""
