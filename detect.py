@@ -45,6 +45,16 @@ def load_weights(weights, device):
     return load_model(path, device="cpu")  # AutoBackend moves it to --device
 
 
+def check_tracker(track) -> str:
+    """The tracker YAML `track` names (the engine's bytetrack.yaml, botsort.yaml, ... or a path); SourceError if none."""
+    from ultralytics.utils.checks import check_yaml
+
+    try:
+        return check_yaml(str(track))
+    except FileNotFoundError:
+        raise SourceError(f"--track {track}: no such tracker configuration (use bytetrack.yaml, botsort.yaml or a YAML path)") from None
+
+
 def run(
     weights=None,
     source=None,
@@ -71,10 +81,12 @@ def run(
     half=False,
     vid_stride=1,
     stream_buffer=False,
+    track=None,
 ):
     """Detect objects in `source` with `weights`; returns the predictor (its `save_dir`, `results`, `speed`...).
 
-    Arguments are detect.py's flags. Raises FileNotFoundError / ValueError (bad weights), SourceError
+    Arguments are detect.py's flags (`track`: a tracker YAML such as 'bytetrack.yaml' or 'botsort.yaml': boxes get
+    track ids, in the drawings and as the last column of --save-txt rows). Raises FileNotFoundError / ValueError (bad weights), SourceError
     (bad source), ConnectionError (a stream that does not open): each message names the thing at fault.
     """
     weights = Path(weights) if weights else newest_weights()
@@ -87,6 +99,7 @@ def run(
             LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
             view_img = False
         check_device(device)
+        tracker = check_tracker(track) if track else None
         model = load_weights(weights, device)
         size = list(imgsz) if len(imgsz) == 2 else [imgsz[0], imgsz[0]]
         overrides = {
@@ -118,8 +131,13 @@ def run(
             "batch": 1,
             "rect": True,  # minimal letterbox padding (YOLOv5's auto=True) where the model takes any size
             "verbose": True,
+            **({"mode": "track", "tracker": tracker} if tracker else {}),
         }
         predictor = HorNetPredictor(overrides=overrides)
+        if tracker:
+            from ultralytics.trackers import register_tracker
+
+            register_tracker(predictor, persist=False)  # the engine's trackers; a new video starts new tracks
         try:
             predictor.setup_model(model, verbose=False)
         except Exception as e:  # an exported model that its runtime cannot read
@@ -174,6 +192,7 @@ def parse_opt(argv=None):
     parser.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU); OpenVINO on a CPU: its reduced precision (bfloat16)")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     parser.add_argument("--stream-buffer", action="store_true", help="webcams/streams: keep every frame (default: the newest, for low latency)")
+    parser.add_argument("--track", nargs="?", const="bytetrack.yaml", default=None, help="track objects across frames: bytetrack.yaml (default) or botsort.yaml")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")

@@ -138,8 +138,9 @@ def ignored_by_resume(opt: argparse.Namespace) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k, v in vars(opt).items() if k not in RESUME_FLAGS and v != defaults.get(k)]
 
 
-def overrides_from(opt: argparse.Namespace) -> dict:
-    """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names)."""
+def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -> dict:
+    """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names); the
+    checked `hyp_overrides` (the Python API's lr0=..., mosaic=...) go over the hyp file's values."""
     ignored = ignored_by_resume(opt) if opt.resume else []
     # The defaults (data/shapes.yaml, data/hyps/..., cfg/...) work from any working directory, as in YOLOv5.
     opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
@@ -158,7 +159,7 @@ def overrides_from(opt: argparse.Namespace) -> dict:
         opt.hyp = str(RECIPES[family])
         why = "the HorNet recipe: the model has HorNet layers" if family == "hornet" else "the YOLOv5 recipe: no HorNet layers"
         LOGGER.info(f"hyp: {Path(opt.hyp).relative_to(ROOT)} ({why}; --hyp overrides)")
-    hyp = {**load_hyp(HYP_DEFAULTS), **load_hyp(opt.hyp)}  # keys a hyp file leaves out keep YOLOv5's values
+    hyp = {**load_hyp(HYP_DEFAULTS), **load_hyp(opt.hyp), **(hyp_overrides or {})}  # left out: YOLOv5's values
     optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
     hyp.pop("optimizer", None)
     hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
@@ -232,15 +233,17 @@ def raise_after_ctrl_c(trainer) -> None:
         raise KeyboardInterrupt
 
 
-def main(opt: argparse.Namespace) -> HorNetTrainer:
+def main(opt: argparse.Namespace, hyp: dict | None = None, callbacks: dict | None = None) -> HorNetTrainer:
     """Train; a run folder made here is removed again when the run stops before saving anything.
 
-    On Ctrl-C raises KeyboardInterrupt whose message says where training stopped and what --resume will do.
+    `hyp`: hyperparameters over the hyp file's (checked as a hyp file is); `callbacks`: the engine's callback dict
+    (the Python API's). On Ctrl-C raises KeyboardInterrupt whose message says where training stopped and what
+    --resume will do.
     """
-    overrides = overrides_from(opt)
+    overrides = overrides_from(opt, hyp)
     trainer = None
     try:
-        trainer = HorNetTrainer(overrides=overrides)
+        trainer = HorNetTrainer(overrides=overrides, _callbacks=callbacks)
         trainer.add_callback("on_train_batch_start", raise_after_ctrl_c)
         trainer.train()
     except BaseException as e:

@@ -54,9 +54,16 @@ def parse_opt(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(opt: argparse.Namespace) -> dict:
-    """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes."""
-    fmt, weights = runnable(opt.weights) if opt.weights else ("checkpoint", newest_weights())
+def main(opt: argparse.Namespace, model=None) -> dict:
+    """Validate; returns the metrics dict (precision, recall, mAP50, mAP50-95, fitness) of all classes, and under
+    'results' the engine's DetMetrics (`.box.map`, per-class maps, `.speed`).
+
+    `model`: a model already in memory (the Python API's), validated instead of loading --weights.
+    """
+    if model is not None:
+        fmt, weights = "checkpoint", Path(getattr(model, "pt_path", None) or "model")
+    else:
+        fmt, weights = runnable(opt.weights) if opt.weights else ("checkpoint", newest_weights())
     if fmt != "checkpoint":
         check_exported(weights)
     # clear errors naming the YAML, builds the embedded set when missing, finds a relative path from the repo root
@@ -72,7 +79,7 @@ def main(opt: argparse.Namespace) -> dict:
         warn_overwrite(Path(opt.project).resolve() / opt.name)
     save_dir = increment_run_dir(Path(opt.project).resolve(), opt.name, opt.exist_ok)
     try:
-        metrics, speeds = validate(opt, weights, save_dir, fmt)
+        metrics, speeds = validate(opt, weights, save_dir, fmt, model)
     except BaseException:
         if not opt.exist_ok:
             discard_unused_run_dir(save_dir)
@@ -99,7 +106,7 @@ def check_exported(weights: Path) -> None:
         raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {runtime_reason(e)})") from None
 
 
-def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = "checkpoint") -> tuple[dict, dict]:
+def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = "checkpoint", model=None) -> tuple[dict, dict]:
     """Run the validator into `save_dir`; returns its metrics and speeds."""
     speed = opt.task == "speed"
     args = {
@@ -127,7 +134,7 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = 
     if fmt == "checkpoint":
         from models.yolo import load_model
 
-        model = load_model(weights)  # rebuilt from its YAML dict: nothing in the file is run
+        model = model if model is not None else load_model(weights)  # rebuilt from its YAML dict: nothing in the file is run
         args["model"] = str(weights)
         validator = HorNetValidator(save_dir=save_dir, args=args)
         metrics = validator(model=model)
@@ -135,17 +142,18 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = 
         args["model"] = str(weights)
         validator = HorNetValidator(save_dir=save_dir, args=args)
         metrics = validator()
-    return metrics, validator.speed
+    return {**metrics, "results": validator.metrics}, validator.speed
 
 
-def run(**kwargs) -> dict:
-    """`run(weights='best.pt', data='data/shapes.yaml', imgsz=640)`: flags as keyword arguments."""
+def run(model=None, **kwargs) -> dict:
+    """`run(weights='best.pt', data='data/shapes.yaml', imgsz=640)`: flags as keyword arguments; `model` a model in
+    memory to validate instead of --weights."""
     opt = parse_opt([])
     for k, v in kwargs.items():
         if not hasattr(opt, k):
             raise TypeError(f"val.run(): unknown option {k!r}")
         setattr(opt, k, v)
-    return main(opt)
+    return main(opt, model)
 
 
 if __name__ == "__main__":

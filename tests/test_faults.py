@@ -304,7 +304,7 @@ def test_val_without_weights_takes_the_newest_best(mistakes, monkeypatch, tmp_pa
         os.utime(runs / name / "weights" / "best.pt", (time.time() - age, time.time() - age))
     monkeypatch.setattr(val, "newest_weights", lambda: newest_weights(runs))
     picked = []
-    monkeypatch.setattr(val, "validate", lambda opt, weights, save_dir, fmt: picked.append(weights) or ({}, {"preprocess": 0, "inference": 0, "postprocess": 0}))
+    monkeypatch.setattr(val, "validate", lambda opt, weights, save_dir, fmt, model: picked.append(weights) or ({}, {"preprocess": 0, "inference": 0, "postprocess": 0}))
     val.run(data=str(mistakes["data"]), project=str(tmp_path / "val"))
     assert picked == [runs / "exp2" / "weights" / "best.pt"]
 

@@ -100,6 +100,12 @@ def load_hyp(path) -> dict:
         raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
+    return check_hyp(hyp, path)
+
+
+def check_hyp(hyp: dict, source) -> dict:
+    """`hyp` with YOLO-style string numbers read as numbers; HypError naming `source` and the key for anything else."""
+    path = source
     for k, v in hyp.items():
         if isinstance(v, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
             try:
