@@ -78,6 +78,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--albumentations", type=str, default="", help="albumentations pipeline YAML (albumentations' own format)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the GPUs of a DDP run")
     p.add_argument("--verbose", action="store_true", help="list every tensor --weights transferred, or why not")
     return p.parse_args(argv)
 
@@ -206,6 +207,7 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
         "autoanchor": not opt.noautoanchor,
         "weights": opt.weights if model != opt.weights else "",
         "verbose_transfer": opt.verbose,
+        "sync_bn": opt.sync_bn,
         "hyp": str(opt.hyp),
     }
     if opt.label_smoothing:

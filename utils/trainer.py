@@ -21,6 +21,7 @@ What differs from the stock DetectionTrainer:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -40,6 +41,7 @@ from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
 from models.checkpoints import OFFICIAL_HORNET, Weights, read_weights, weights_format
 from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
+from utils import ddp
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
 from utils.export import run_in_export_precision
@@ -68,12 +70,14 @@ EXTRA_DEFAULTS = {
     "ema_decay": 0.9999,  # the weight EMA's largest decay (the engine's ModelEMA default)
     "ema_tau": 2000,  # optimizer steps over which the EMA's decay ramps up to ema_decay (the engine's default)
     "autoanchor": True,  # check (and fix) the anchors before training
+    "sync_bn": False,  # BatchNorm statistics over all GPUs of a DDP run (SyncBatchNorm; GPUs only)
     "weights": "",  # initial weights: a checkpoint of ours, YOLOv5's, YOLOAir's, ultralytics', or official HorNet
     "verbose_transfer": False,  # list every tensor --weights moved or did not
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
 }
-HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer"}))
+HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS
+                                if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn"}))
 HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
               "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
@@ -308,8 +312,15 @@ class HorNetTrainer(DetectionTrainer):
             self.world_size = int(os.environ["WORLD_SIZE"])
 
     def train(self):
-        """The engine's training; the run folder's lock is let go when it ends, however it ends."""
+        """The engine's training (or, for several GPUs, our launch of their processes: utils/ddp.py); the run
+        folder's lock is let go when it ends, however it ends."""
         try:
+            if self.ddp:
+                if self.args.rect:
+                    LOGGER.warning("--rect: rectangular batches do not split over several GPUs; training without")
+                    self.args.rect = False
+                LOGGER.info(f"DDP: {self.world_size} processes on devices {self.args.device}")
+                return ddp.launch(self.world_size, ddp.plain_args(self.args), self.save_dir)
             return super().train()
         finally:
             if self._lock is not None:
@@ -438,8 +449,12 @@ class HorNetTrainer(DetectionTrainer):
         return None
 
     def set_model_attributes(self):
-        """nc, names, args onto the model; the anchor-free head gets the ultralytics loss gains."""
+        """nc, names, args onto the model; the anchor-free head gets the ultralytics loss gains; --sync-bn."""
         super().set_model_attributes()
+        if getattr(self.args, "sync_bn", False) and self.world_size > 1:  # before the engine wraps the model in DDP
+            n = ddp.sync_batchnorm(self.model, self.device)
+            LOGGER.info(f"--sync-bn: {n} BatchNorms synchronised over the {self.world_size} processes" if n else
+                        "--sync-bn: torch's SyncBatchNorm computes on GPUs only: the CPU processes keep their own BatchNorms")
         if not isinstance(_head(self.model), AnchorDetect):
             if self.args.box < 1:
                 # box 0.05 is YOLOv5's gain for its CIoU loss; the ultralytics loss is scaled for 7.5
@@ -542,9 +557,17 @@ class HorNetTrainer(DetectionTrainer):
             os.replace(tmp, f)
         return True
 
+    def _setup_ddp(self):
+        """Join the process group: the engine's for GPUs, gloo for CPU ranks (torchrun ... --device cpu)."""
+        if self.device.type != "cpu":
+            return super()._setup_ddp()
+        backend = ddp.setup_process_group(RANK, self.world_size, self.device)
+        LOGGER.info(f"DDP: rank {RANK} of {self.world_size} on the CPU ({backend})")
+
     def _setup_train(self):
-        """The engine's setup, with the weight EMA built from hyp keys ema_decay and ema_tau."""
-        super()._setup_train()
+        """The engine's setup (its DDP wrapper taking CPU modules), then the weight EMA from ema_decay and ema_tau."""
+        with ddp.cpu_ddp() if self.world_size > 1 and self.device.type == "cpu" else contextlib.nullcontext():
+            super()._setup_train()
         self.ema = self.new_ema(self.ema.ema.state_dict(), self.ema.updates)
 
     def new_ema(self, state: dict, updates: int) -> ModelEMA:
@@ -600,17 +623,30 @@ class HorNetTrainer(DetectionTrainer):
             self.add_callback("on_train_start", lambda t: setattr(t, "train_time_start", t.train_time_start - done))
 
     def final_eval(self):
-        """Drop the optimizer from last.pt/best.pt (as YOLOv5 does), then validate best.pt."""
+        """Drop the optimizer from last.pt/best.pt (as YOLOv5 does), then validate best.pt.
+
+        In a DDP run every rank validates its share of the images with best.pt's weights in its EMA, as after each
+        epoch: the engine's stand-alone validator would put any DDP rank on a CUDA device, CPU ranks included.
+        """
         if RANK in {-1, 0}:
             for f in (self.last, self.best):
                 if f.is_file():
                     write_checkpoint(f, {**read_checkpoint(f), "optimizer": None})
-        if self.best.is_file() and RANK in {-1, 0}:
-            LOGGER.info(f"\nValidating {self.best}...")
-            self.validator.args.plots = self.args.plots
-            self.validator.args.compile = False
+        if self.world_size > 1:
+            dist.barrier()  # best.pt is written
+        if not self.best.is_file():
+            return
+        LOGGER.info(f"\nValidating {self.best}...")
+        self.validator.args.plots = self.args.plots
+        self.validator.args.compile = False
+        if self.world_size > 1:
+            self.ema.ema.load_state_dict(read_checkpoint(self.best)["model"])
+            self.metrics = self.validator(trainer=self)
+        else:
             self.metrics = self.validator(model=load_model(self.best, device=self.device))
-            self.metrics.pop("fitness", None)
-            self.epoch += 1  # log best metrics at step epochs+1, not overwriting the last epoch
-            self.run_callbacks("on_fit_epoch_end")
-            self.epoch -= 1
+        if RANK not in {-1, 0}:
+            return  # the metrics are rank 0's
+        self.metrics.pop("fitness", None)
+        self.epoch += 1  # log best metrics at step epochs+1, not overwriting the last epoch
+        self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= 1
