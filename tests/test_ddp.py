@@ -89,3 +89,18 @@ def test_a_failing_rank_ends_the_launch_naming_it(tmp_path):
         ddp.launch(2, {"save_dir": str(tmp_path)}, tmp_path, script=ROOT / "tests" / "ddp" / "fails_on_rank_1.py")
     assert time.time() - start < 120  # the other rank, waiting in a collective, is stopped: no hang
     assert not list(tmp_path.glob(".rank*"))
+
+
+def test_gpu_check_runs_in_its_cpu_dry_mode(tmp_path):
+    """benchmarks/gpu_check.py (the one command for a CUDA machine) in --dry mode: a row per style, finite bf16
+    losses, the Global Filter's FFT in float32 under autocast, channels_last and a traced model agreeing."""
+    out = tmp_path / "check.md"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry", "--styles", "yolov5n-hornet-gf", "yolo11n-horfpn",
+                        "--out", str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| yolo")}
+    assert set(rows) == {"yolov5n-hornet-gf", "yolo11n-horfpn"}
+    assert rows["yolov5n-hornet-gf"][3] == "yes"
+    for cells in rows.values():
+        first, last = (float(v) for v in cells[2].split(" -> "))  # bf16 loss: finite numbers
+        assert first > 0 and last > 0 and float(cells[4]) < 1e-3 and float(cells[5]) < 1e-3
