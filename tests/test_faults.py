@@ -189,7 +189,33 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     (d / "bad_from.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[5, 1, Detect, [nc]]]\n")
     (d / "no_head.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\n")
     (d / "broken.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]\nhead: [\n")
+    (d / "row_list.yaml").write_text("nc: 3\nbackbone: [[-1, 1, [Conv], [16, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
+    (d / "row_class.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, nn.__class__, []], [-1, 1, Detect, [nc]]]\n")
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "width_multiple": 0.5}}, d / "misfit.pt")
+    head = [list(r) for r in ckpt["model_yaml"]["head"]]
+    head[-1][2] = "Detectt"
+    torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "head": head}}, d / "badrow.pt")
+    data = (d / "data")
+    data.mkdir()
+    base = f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\n"
+    for name, text in DATA_YAMLS.items():
+        (data / f"{name}.yaml").write_text(text.format(base=base))
     return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
+
+
+# Data YAMLs that describe no dataset ({base}: path, train and val of the tiny set); each is one line in train.py and val.py
+DATA_YAMLS = {
+    "no-names": ("{base}", "no 'names:'"),
+    "names-empty": ("{base}names: []\n", "'names' is empty"),
+    "names-word": ("{base}names: circle\n", "'names' must be a list"),
+    "names-gap": ("{base}names: {{0: a, 2: b}}\n", "no gap, got [0, 2]"),
+    "nc-names": ("{base}nc: 5\nnames: [a, b]\n", "nc: 5 disagrees with its 2 names"),
+    "syntax": ("{base}names: [a, b\n", "not valid YAML (line"),
+    "top-list": ("- images/train\n- images/val\n", "must be a mapping"),
+    "no-train": ("val: images/val\nnames: [a]\n", "no 'train:' key"),
+}
+DATA_YAMLS, DATA_SAYS = {k: v[0] for k, v in DATA_YAMLS.items()}, {k: v[1] for k, v in DATA_YAMLS.items()}
 
 
 # script, arguments ({dir}, {best}, {last}, {data} filled in), what the one error line must say
@@ -226,6 +252,22 @@ MISTAKES = {
     "export-code": ("export.py", "--weights {dir}/code.pth", "refused, nothing in it was run"),
     "export-device": ("export.py", "--weights {best} --device 99", "--device 99: "),
     "export-format": ("export.py", "--weights {best} --include tflite", "supported formats are"),
+    "train-epochs-0": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --epochs 0", "--epochs 0: must be 1 or more"),
+    "train-project-file": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "val-project-file": ("val.py", "--weights {best} --data {data} --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "detect-project-file": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "train-row-list": ("train.py", "--cfg {dir}/row_list.yaml --data {data}", "row 0 [-1, 1, ['Conv'], [16, 3, 2]]: module must be a name"),
+    "train-row-class": ("train.py", "--cfg {dir}/row_class.yaml --data {data}", "torch.nn has no layer class '__class__'"),
+    "detect-misfit": ("detect.py", "--weights {dir}/misfit.pt --source {dir}/corrupt.jpg", "misfit.pt: its weights do not fit its own model YAML"),
+    "val-misfit": ("val.py", "--weights {dir}/misfit.pt --data {data}", "misfit.pt: its weights do not fit its own model YAML"),
+    "export-misfit": ("export.py", "--weights {dir}/misfit.pt", "misfit.pt: its weights do not fit its own model YAML"),
+    "train-badrow": ("train.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
+    "val-badrow": ("val.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
+    "export-badrow": ("export.py", "--weights {dir}/badrow.pt", "badrow.pt: its model YAML (made from "),
+    **{f"train-data-{k}": ("train.py", f"--cfg cfg/yolov5n.yaml --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
+       for k in ("names-gap", "nc-names", "top-list", "no-train")},
+    **{f"val-data-{k}": ("val.py", f"--weights {{best}} --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
+       for k in ("no-names", "names-empty", "names-word", "syntax")},
 }
 
 
@@ -236,11 +278,12 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
     def attempt(case):
         script, args, expected = MISTAKES[case]
         project = d / "projects" / case
-        argv = args.format(**mistakes).split() + ([] if script == "export.py" else ["--project", str(project)])
+        argv = [] if script == "export.py" else ["--project", str(project)]
         if script == "train.py":
-            argv += ["--epochs", "1", "--img", "64"]
+            argv += ["--epochs", "1", "--img", "64", "--workers", "0"]
+        argv += args.format(**mistakes).split()  # after the defaults: a case's own flags win
         r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        return case, r, expected, project
+        return case, r, expected.format(**mistakes), project
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(attempt, MISTAKES))

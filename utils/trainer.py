@@ -622,18 +622,15 @@ class HorNetTrainer(DetectionTrainer):
                 os.replace(tmp, target)
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
             self.saving_failed(target, e, extras)
+            raise
         return True
 
-    def saving_failed(self, target: Path, error: Exception, extras: dict):
-        """A checkpoint that could not be written: its temp file removed, results.csv cut back to what last.pt holds,
-        and a DiskFullError naming the folder and the space needed when the disk is full; `error` again otherwise."""
-        target.with_name(target.name + ".tmp").unlink(missing_ok=True)
-        held = read_checkpoint(self.last).get("epoch", -1) + 1 if self.last.is_file() else 0
-        try:
-            keep_epochs(self.csv, held)
-        except OSError:
-            pass
-        free = shutil.disk_usage(self.wdir).free
+    def saving_failed(self, target: Path, error: Exception, extras: dict) -> None:
+        """A checkpoint that could not be written: its temp file removed, results.csv cut back to what last.pt holds;
+        DiskFullError naming the folder and the space needed when the disk is full, else back to the caller."""
+        tmp = target.with_name(target.name + ".tmp")
+        partial = tmp.stat().st_size if tmp.is_file() else 0
+        free = shutil.disk_usage(self.wdir).free + partial  # the space the half-written file holds comes back
         if target == self.last:
             import io
 
@@ -642,9 +639,19 @@ class HorNetTrainer(DetectionTrainer):
             needed = buffer.tell()
         else:
             needed = self.last.stat().st_size
-        full = isinstance(error, OSError) and error.errno == errno.ENOSPC
-        if not full and needed < free:
-            raise error
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or needed >= free
+        if full:
+            e = error
+            while e is not None:  # the frames of the chain hold the half-written file open, and so its space
+                e.__traceback__, e = None, e.__context__
+        tmp.unlink(missing_ok=True)
+        held = read_checkpoint(self.last).get("epoch", -1) + 1 if self.last.is_file() else 0
+        try:
+            keep_epochs(self.csv, held)
+        except OSError as e:
+            LOGGER.warning(f"{self.csv}: could not drop the row(s) after epoch {held}, which last.pt does not hold ({e})")
+        if not full:
+            return
         then = (f"python train.py --resume {self.last} goes on from epoch {held + 1}" if held
                 else "no checkpoint was saved, nothing to resume")
         raise DiskFullError(f"{self.wdir}: no space left to save {target.name} (epoch {self.epoch + 1}): it needs "
