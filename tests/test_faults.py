@@ -541,3 +541,20 @@ def test_a_row_whose_module_is_a_mapping():
     d = {"nc": 3, "backbone": [[-1, 1, {"Conv": 1}, [16, 3, 2]]], "head": [[-1, 1, "Detect", ["nc"]]], "yaml_file": "m.yaml"}
     with pytest.raises(ModelConfigError, match=r"m.yaml: row 0 .*: module must be a name, got \{'Conv': 1\}"):
         parse_model(d, ch=[3], verbose=False)
+
+
+def test_resume_tells_runs_apart_without_run_ids(tmp_path):
+    """Checkpoints from before run ids: the start folder in args.yaml and results.csv's columns decide."""
+    from utils.trainer import other_run
+
+    run = tmp_path / "exp"
+    (run / "weights").mkdir(parents=True)
+    (run / "args.yaml").write_text(f"save_dir: {run}\nmodel: cfg/yolov5n.yaml\n")
+    (run / "results.csv").write_text("epoch,time,train/box_loss,val/obj_loss\n1,1.0,0.5,0.4\n")
+    last = run / "weights" / "last.pt"
+    same = {"train_args": {"save_dir": str(run)}, "train_metrics": {"val/obj_loss": 0.4, "fitness": 0.1}}
+    assert other_run(last, same) is None
+    copied_in = {**same, "train_args": {"save_dir": str(tmp_path / "elsewhere")}}
+    assert "args.yaml is another run's (cfg/yolov5n.yaml, started in" in other_run(last, copied_in)
+    anchor_free = {**same, "train_metrics": {"val/dfl_loss": 0.4, "fitness": 0.1}}
+    assert "results.csv has no val/dfl_loss column" in other_run(last, anchor_free)

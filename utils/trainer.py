@@ -283,9 +283,9 @@ def keep_epochs(csv, last_epoch: int) -> int:
 def other_run(last, ckpt: dict) -> str | None:
     """Why resuming `last` would mix two runs in its folder, or None when the folder holds the checkpoint's own run.
 
-    The folder's args.yaml (written when its run started) must carry the checkpoint's run id, or, for checkpoints
-    from before run ids, the same start folder; its results.csv must have the checkpoint's metric columns. A run
-    folder that was moved or renamed as a whole passes.
+    The folder's args.yaml (written when its run started) must carry the checkpoint's run id; for checkpoints from
+    before run ids, the same start folder, and its results.csv the checkpoint's metric columns. A run folder that
+    was moved or renamed as a whole passes.
     """
     last = Path(last)
     run_dir = last.resolve().parent.parent
@@ -299,14 +299,12 @@ def other_run(last, ckpt: dict) -> str | None:
     header = csv.read_text(encoding="utf-8").splitlines()[:1] if csv.is_file() else []
     columns = {c.strip() for c in header[0].split(",")} if header else set()
     wanted = [k for k in (ckpt.get("train_metrics") or {}) if k != "fitness"]
-    if here is not None:
-        if args.get("run_id") and here.get("run_id"):
-            same = args["run_id"] == here["run_id"]
-        else:
-            same = str(args.get("save_dir")) == str(here.get("save_dir"))
+    by_id = here is not None and bool(args.get("run_id")) and bool(here.get("run_id"))
+    if by_id:
+        same = args["run_id"] == here["run_id"]
     else:
-        same = True
-    missing = [k for k in wanted if columns and k not in columns]
+        same = here is None or str(args.get("save_dir")) == str(here.get("save_dir"))
+    missing = [] if by_id else [k for k in wanted if columns and k not in columns]  # the ids decide where both have one
     if same and not missing:
         return None
     theirs = f"{(ckpt.get('model_yaml') or {}).get('yaml_file', '?')}, started in {args.get('save_dir', '?')}"
