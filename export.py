@@ -4,10 +4,11 @@
     python export.py --weights best.pt --include onnx --imgsz 384 640 --dynamic   # H W, dynamic batch/size
     python export.py --weights best.pt --include openvino             # best_openvino_model/, float32
     python export.py --weights best.pt --include openvino --half      # runs in bfloat16 on CPUs that have it
+    python export.py --weights /read-only/best.pt --output exports/    # exports/best.onnx, exports/best.torchscript
 
-The exports land next to the weights (`best.onnx`, `best.torchscript`, `best_openvino_model/`) and carry the
-metadata ultralytics' AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and `val.py`
-take them as they are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see
+The exports land next to the weights (`best.onnx`, `best.torchscript`, `best_openvino_model/`), or in `--output DIR`,
+and carry the metadata ultralytics' AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and
+`val.py` take them as they are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see
 utils/export.py), constants for the export size, or built in the graph from the input's shape with --dynamic.
 `--half` means float16 files for ONNX and TorchScript (GPU only), and for OpenVINO the CPU's reduced
 precision at run time (bfloat16 on CPUs with AVX512-BF16 or AMX; float32 where the CPU has none).
@@ -69,6 +70,22 @@ def compare(got, want, size: int, label: str, tol: float = TOLERANCE) -> float:
     return max(diff_boxes, diff_scores)
 
 
+def writable_folder(folder: Path, given: bool) -> Path:
+    """`folder`, made if needed, once a file could be written in it; ValueError naming it (and --output) otherwise."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".export-check-"):
+            pass
+    except OSError as e:
+        why = f"{e.strerror or e}" if folder.is_dir() or not folder.exists() else "it is a file, not a folder"
+        if given:
+            raise ValueError(f"--output {folder}: cannot write the exports there ({why})") from None
+        raise ValueError(f"{folder}: cannot write the exports next to the weights ({why}): choose a folder with --output DIR") from None
+    return folder
+
+
 def run(
     weights=None,
     include=("onnx", "torchscript"),
@@ -79,12 +96,14 @@ def run(
     dynamic: bool = False,
     simplify: bool = False,
     opset: int | None = None,
+    output=None,
 ) -> dict:
     """Export `weights` to each format in `include`; returns {format: {'file': Path, 'max_diff': float}}.
 
-    In: a checkpoint written by train.py (or save_checkpoint), image size as [size] or [height, width].
-    Raises FileNotFoundError/ValueError for missing or foreign weights, ExportError when an export does
-    not match PyTorch.
+    In: a checkpoint written by train.py (or save_checkpoint), image size as [size] or [height, width]; `output` the
+    folder the exports go to (default: the weights' folder).
+    Raises FileNotFoundError/ValueError for missing or foreign weights or an output folder that cannot be written,
+    ExportError when an export does not match PyTorch.
     """
     t0 = time.time()
     fmt, weights = runnable(weights) if weights else ("checkpoint", newest_weights())
@@ -95,6 +114,7 @@ def run(
     if unknown:
         raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
     check_device(device)
+    folder = writable_folder(Path(output) if output else weights.parent, given=bool(output))
     device = select_device(device, verbose=False)
     half_files = half and device.type != "cpu"  # float16 ONNX/TorchScript need a GPU to run
     if half and not half_files and include != ["openvino"]:
@@ -116,7 +136,7 @@ def run(
     want = reference_output(model, im)  # the float32 model: half exports are held to it too
     results = {}
     for fmt in include:
-        file = weights.parent / (weights.stem + FORMATS[fmt])
+        file = folder / (weights.stem + FORMATS[fmt])
         if file.exists():
             LOGGER.info(f"{fmt}: overwriting the previous export {file}")
         if fmt == "openvino":  # traced in float32 on the CPU; the reduced precision is the runtime's, at run time
@@ -161,6 +181,7 @@ def parse_opt(argv=None):
     parser.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
+    parser.add_argument("--output", type=str, default=None, help="folder the exports go to (default: the weights' folder)")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")

@@ -26,16 +26,18 @@ ROOT = Path(__file__).resolve().parent
 import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
+from utils.data import DataConfigError, read_data_yaml  # noqa: E402
 from utils.trainer import (  # noqa: E402
     DeviceError,
+    DiskFullError,
     HorNetTrainer,
     HypError,
     ResumeError,
+    RunDirError,
     check_device,
     discard_unused_run_dir,
     increment_run_dir,
     load_hyp,
-    warn_overwrite,
 )
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
@@ -44,6 +46,10 @@ HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
 RESUME_FLAGS = {"resume", "device", "workers", "cache", "project"}
 # The recipe train.py picks when --hyp is not given (measured per family: README, "Accuracy on real photos")
 RECIPES = {"hornet": ROOT / "data/hyps/hyp.hornet.yaml", "yolov5": ROOT / "data/hyps/hyp.scratch-adamw.yaml"}
+
+
+class FlagError(ValueError):
+    """A command-line value that cannot train (--epochs 0); the message names the flag."""
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -147,6 +153,10 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
     opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     check_device(opt.device)
+    if not opt.resume:
+        for flag, value in (("--epochs", opt.epochs), ("--batch-size", opt.batch_size), ("--imgsz", opt.imgsz)):
+            if value < 1 and not (flag == "--batch-size" and value == -1):  # -1: the engine's auto batch size
+                raise FlagError(f"{flag} {value}: must be 1 or more")
     if opt.resume:
         if ignored:
             LOGGER.warning(f"--resume: ignoring {' '.join(ignored)}: a resumed run keeps the arguments it started with "
@@ -168,10 +178,10 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
         from utils.data import list_data_yamls
 
         raise FileNotFoundError(f"--data: data YAML not found: {opt.data} (dataset YAMLs in data/: {list_data_yamls()})")
-    # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given
+    read_data_yaml(opt.data)  # a YAML that is no dataset's fails here, before a run folder is made
+    # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given.
+    # With --exist-ok the trainer says what it overwrites once it holds the folder's lock.
     torchrun = os.environ.get("LOCAL_RANK") is not None
-    if opt.exist_ok and not torchrun:
-        warn_overwrite(Path(project) / opt.name)
     save_dir = increment_run_dir(project, opt.name, opt.exist_ok or torchrun)
     freeze = opt.freeze[0] if len(opt.freeze) == 1 else list(opt.freeze)
     overrides = {
@@ -288,5 +298,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:
         print(f"train.py: {e}", file=sys.stderr)
         sys.exit(130)
-    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError, ResumeError) as e:
+    except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError, ResumeError, FlagError,
+            DataConfigError, RunDirError, DiskFullError) as e:
         sys.exit(f"error: {e}")

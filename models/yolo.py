@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import operator
 import re
@@ -135,10 +136,13 @@ def resolve_module(name, dialect: str | None = None) -> tuple[str, Entry]:
     if name in REGISTRY:
         return name, REGISTRY[name]
     torch_name = name[3:] if name.startswith("nn.") else None
-    if torch_name and isinstance(getattr(nn, torch_name, None), type):
+    layer = getattr(nn, torch_name, None) if torch_name and not torch_name.startswith("_") else None
+    if isinstance(layer, type) and issubclass(layer, nn.Module):
         return name, Entry(getattr(nn, torch_name), row_same_width)
     close = difflib.get_close_matches(name, list(REGISTRY) + ["nn.Upsample"], n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known modules: {', '.join(sorted(REGISTRY))}"
+    if torch_name is not None and not close:
+        hint = f": torch.nn has no layer class {torch_name!r}"
     raise ValueError(f"unknown module {name!r}{hint}")
 
 
@@ -198,7 +202,7 @@ def parse_model(d: dict, ch, verbose: bool = True):
     anchors = d.get("anchors")
     na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors else 0
     rows = d["backbone"] + d["head"]
-    modern = any(isinstance(r, list) and len(r) == 4 and r[2] in MODERN_HEAD_ROWS for r in rows)
+    modern = any(isinstance(r, list) and len(r) == 4 and isinstance(r[2], str) and r[2] in MODERN_HEAD_ROWS for r in rows)
     scaling = Scaling(width, max_channels, nc, na * (nc + 5) if na else None, scale,
                       legacy_head=not modern, reg_max=d.get("reg_max", 16), end2end=bool(d.get("end2end")))
     symbols = {"nc": nc, "anchors": anchors, "None": None, "True": True, "False": False}
@@ -329,8 +333,13 @@ def save_checkpoint(path, model: Model, **extra) -> Path:
 
     Everything in it is plain tensors, dicts, lists, strings and numbers, so it loads with weights_only=True.
     """
+    return write_checkpoint(path, checkpoint_dict(model, **extra))
+
+
+def checkpoint_dict(model: Model, **extra) -> dict:
+    """What save_checkpoint writes, as a dict."""
     state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in model.state_dict().items()}
-    return write_checkpoint(path, {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra})
+    return {"model_yaml": deepcopy(model.yaml), "model": state, "names": dict(model.names), **extra}
 
 
 def weights_yaml(weights: Weights) -> dict:
@@ -345,10 +354,36 @@ def weights_yaml(weights: Weights) -> dict:
     return d
 
 
+@contextlib.contextmanager
+def checkpoint_yaml_errors(path, d: dict):
+    """ModelConfigErrors about the model YAML a checkpoint of ours holds name the checkpoint; they would name the
+    YAML file it was first made from (what `yaml_file` keeps), which may have changed or be gone since."""
+    source = str(d.get("yaml_file", "model dict"))
+    try:
+        yield
+    except ModelConfigError as e:
+        msg = str(e)
+        msg = msg[len(source) + 2:] if msg.startswith(f"{source}: ") else msg
+        raise ModelConfigError(f"{path}: its model YAML (made from {source}): {msg}") from None
+
+
+def load_own_state(model: Model, state: dict, path) -> None:
+    """A checkpoint's weights into the model of its own YAML; CheckpointError naming the file when they do not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(e)
+        raise CheckpointError(f"{path}: its weights do not fit its own model YAML ({first[:200]})") from None
+
+
 def model_of_weights(weights: Weights, nc: int | None = None, verbose: bool = False) -> Model:
     """The model a weights file describes (its own YAML dict), built by our parser, without its weights yet."""
     d = weights_yaml(weights)
-    return Model(d, ch=d["channels"], nc=nc, verbose=verbose)
+    if weights.source != OURS:  # its yaml_file is the weights file already
+        return Model(d, ch=d["channels"], nc=nc, verbose=verbose)
+    with checkpoint_yaml_errors(weights.path, d):
+        return Model(d, ch=d["channels"], nc=nc, verbose=verbose)
 
 
 def transfer_weights(model: Model, weights: Weights, exclude=()) -> TransferReport:
@@ -369,11 +404,7 @@ def load_model(path, device="cpu") -> Model:
     weights = read_weights(path)
     model = model_of_weights(weights)
     if weights.source == OURS:
-        try:
-            model.load_state_dict(weights.state)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise CheckpointError(f"{path}: its weights do not fit its own model YAML ({first[:200]})") from None
+        load_own_state(model, weights.state, path)
     else:
         report = transfer_weights(model, weights)
         if report.transferred < report.total:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -189,7 +190,33 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     (d / "bad_from.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[5, 1, Detect, [nc]]]\n")
     (d / "no_head.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\n")
     (d / "broken.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]\nhead: [\n")
+    (d / "row_list.yaml").write_text("nc: 3\nbackbone: [[-1, 1, [Conv], [16, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
+    (d / "row_class.yaml").write_text("nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, nn.__class__, []], [-1, 1, Detect, [nc]]]\n")
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "width_multiple": 0.5}}, d / "misfit.pt")
+    head = [list(r) for r in ckpt["model_yaml"]["head"]]
+    head[-1][2] = "Detectt"
+    torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "head": head}}, d / "badrow.pt")
+    data = (d / "data")
+    data.mkdir()
+    base = f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\n"
+    for name, text in DATA_YAMLS.items():
+        (data / f"{name}.yaml").write_text(text.format(base=base))
     return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
+
+
+# Data YAMLs that describe no dataset ({base}: path, train and val of the tiny set); each is one line in train.py and val.py
+DATA_YAMLS = {
+    "no-names": ("{base}", "no 'names:'"),
+    "names-empty": ("{base}names: []\n", "'names' is empty"),
+    "names-word": ("{base}names: circle\n", "'names' must be a list"),
+    "names-gap": ("{base}names: {{0: a, 2: b}}\n", "no gap, got [0, 2]"),
+    "nc-names": ("{base}nc: 5\nnames: [a, b]\n", "nc: 5 disagrees with its 2 names"),
+    "syntax": ("{base}names: [a, b\n", "not valid YAML (line"),
+    "top-list": ("- images/train\n- images/val\n", "must be a mapping"),
+    "no-train": ("val: images/val\nnames: [a]\n", "no 'train:' key"),
+}
+DATA_YAMLS, DATA_SAYS = {k: v[0] for k, v in DATA_YAMLS.items()}, {k: v[1] for k, v in DATA_YAMLS.items()}
 
 
 # script, arguments ({dir}, {best}, {last}, {data} filled in), what the one error line must say
@@ -226,6 +253,22 @@ MISTAKES = {
     "export-code": ("export.py", "--weights {dir}/code.pth", "refused, nothing in it was run"),
     "export-device": ("export.py", "--weights {best} --device 99", "--device 99: "),
     "export-format": ("export.py", "--weights {best} --include tflite", "supported formats are"),
+    "train-epochs-0": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --epochs 0", "--epochs 0: must be 1 or more"),
+    "train-project-file": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "val-project-file": ("val.py", "--weights {best} --data {data} --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "detect-project-file": ("detect.py", "--weights {best} --source {dir}/corrupt.jpg --project {dir}/notes.pt", "notes.pt is a file, not a folder"),
+    "train-row-list": ("train.py", "--cfg {dir}/row_list.yaml --data {data}", "row 0 [-1, 1, ['Conv'], [16, 3, 2]]: module must be a name"),
+    "train-row-class": ("train.py", "--cfg {dir}/row_class.yaml --data {data}", "torch.nn has no layer class '__class__'"),
+    "detect-misfit": ("detect.py", "--weights {dir}/misfit.pt --source {dir}/corrupt.jpg", "misfit.pt: its weights do not fit its own model YAML"),
+    "val-misfit": ("val.py", "--weights {dir}/misfit.pt --data {data}", "misfit.pt: its weights do not fit its own model YAML"),
+    "export-misfit": ("export.py", "--weights {dir}/misfit.pt", "misfit.pt: its weights do not fit its own model YAML"),
+    "train-badrow": ("train.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
+    "val-badrow": ("val.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
+    "export-badrow": ("export.py", "--weights {dir}/badrow.pt", "badrow.pt: its model YAML (made from "),
+    **{f"train-data-{k}": ("train.py", f"--cfg cfg/yolov5n.yaml --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
+       for k in ("names-gap", "nc-names", "top-list", "no-train")},
+    **{f"val-data-{k}": ("val.py", f"--weights {{best}} --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
+       for k in ("no-names", "names-empty", "names-word", "syntax")},
 }
 
 
@@ -236,11 +279,12 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
     def attempt(case):
         script, args, expected = MISTAKES[case]
         project = d / "projects" / case
-        argv = args.format(**mistakes).split() + ([] if script == "export.py" else ["--project", str(project)])
+        argv = [] if script == "export.py" else ["--project", str(project)]
         if script == "train.py":
-            argv += ["--epochs", "1", "--img", "64"]
+            argv += ["--epochs", "1", "--img", "64", "--workers", "0"]
+        argv += args.format(**mistakes).split()  # after the defaults: a case's own flags win
         r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        return case, r, expected, project
+        return case, r, expected.format(**mistakes), project
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(attempt, MISTAKES))
@@ -341,3 +385,176 @@ def test_resume_takes_workers_and_cache_and_names_the_rest():
     overrides = train.overrides_from(opt)
     assert overrides["workers"] == 2 and overrides["cache"] == "ram" and "epochs" not in overrides
     assert "workers" not in train.overrides_from(train.parse_opt(["--resume", "x/last.pt"]))  # not given: the run's own
+
+
+def test_exist_ok_is_refused_before_anything_touches_the_live_run(tiny_data, tmp_path):
+    """--exist-ok into a folder that still trains: refused before the engine starts (no args.yaml rewritten, no
+    results.csv deleted), naming the process that trains there."""
+    project = tmp_path / "runs"
+    args = ["--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--img", "64", "--batch-size", "4", "--workers", "0",
+            "--noplots", "--noautoanchor", "--project", str(project), "--name", "ex"]
+    live = start(train_cmd(*args, "--epochs", "500"))
+    run = project / "ex"
+    try:
+        while live.poll() is None and not epochs_in(run / "results.csv"):
+            time.sleep(0.05)
+        assert live.poll() is None, live.stderr.read()[-3000:]
+        before = {f: (run / f).read_bytes() for f in ("args.yaml", "results.csv")}
+        r = subprocess.run(train_cmd(*args, "--epochs", "3", "--exist-ok"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        said = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in said, said[-3000:]
+        assert said.strip().splitlines()[-1] == f"error: {run} is still training in process {live.pid}: wait for it to finish or stop it (kill {live.pid}) first"
+        assert "engine/trainer:" not in said and "will be overwritten" not in said  # refused before the engine started
+        assert (run / "args.yaml").read_bytes() == before["args.yaml"]
+        assert (run / "results.csv").read_bytes().startswith(before["results.csv"])  # the live run only appended
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_resume_refuses_a_last_pt_of_another_run(mistakes, tiny_data, tmp_path):
+    """Another run's unfinished last.pt (another head) in a finished run's folder: --resume names both and changes
+    nothing; the same run moved to another folder resumes."""
+    import shutil
+
+    import yaml
+
+    from models.yolo import load_model_yaml
+    from utils.trainer import other_run
+
+    cfg = load_model_yaml(ROOT / "cfg" / "yolov5n.yaml")  # the same rows with the anchor-free head
+    cfg.pop("anchors")
+    cfg["head"][-1][3] = ["nc"]
+    (tmp_path / "yolov5n-af.yaml").write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "yaml_file"}))
+    theirs = tmp_path / "a" / "exp"
+    proc = start(train_cmd("--cfg", str(tmp_path / "yolov5n-af.yaml"), "--data", str(tiny_data), "--epochs", "50", "--img", "64",
+                           "--batch-size", "4", "--workers", "0", "--noplots", "--project", str(tmp_path / "a")))
+    while proc.poll() is None and not (theirs / "weights" / "last.pt").is_file():
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert (theirs / "weights" / "last.pt").is_file(), proc.stderr.read()[-3000:]
+    ours = tmp_path / "b" / "exp"
+    shutil.copytree(mistakes["last"].parent.parent, ours)  # a finished yolov5n run (anchor head)
+    shutil.copy(theirs / "weights" / "last.pt", ours / "weights" / "last.pt")
+    before = {f: (ours / f).read_bytes() for f in ("args.yaml", "results.csv")}
+    r = subprocess.run(train_cmd("--resume", str(ours / "weights" / "last.pt")), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in said, said[-3000:]
+    line = said.strip().splitlines()[-1]
+    assert "this last.pt is from another run" in line and f"started in {theirs}" in line and f"the one {ours} holds" in line, line
+    assert all((ours / f).read_bytes() == b for f, b in before.items())
+    shutil.move(theirs, tmp_path / "moved")  # a run folder moved whole is the same run
+    last = tmp_path / "moved" / "weights" / "last.pt"
+    assert other_run(last, read_checkpoint(last)) is None
+
+
+def in_private_mounts(script: str, what: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`script` run by sh in a mount namespace of its own (root): its mounts vanish with it and touch nothing else.
+    Skips where unshare or mount is not permitted."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{what} needs a private mount namespace (unshare -m, mount as root): {probe.stderr.strip()[:200]}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_full_disk_while_saving_is_one_line_with_nothing_left_half_written(tiny_data, tmp_path):
+    """Training on a real full disk (a small tmpfs): one line naming the folder and the space a checkpoint needs, no
+    *.tmp left, and results.csv holding exactly the epochs last.pt holds (none: the run folder goes)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    train = " ".join(train_cmd("--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--img", "64", "--batch-size", "4",
+                               "--workers", "0", "--noplots", "--noautoanchor", "--epochs", "3", "--project", f"{mnt}/runs"))
+    # a yolov5n last.pt with its AdamW state is about 22 MB: 2 MB takes no checkpoint, 50 MB last.pt and best.pt of epoch 1
+    script = "; ".join(f"mount -t tmpfs -o size={size} tmpfs {mnt} && {{ {train} 2>{tmp_path}/{size}.err >/dev/null; "
+                       f"echo @@ {size} rc=$?; find {mnt} -type f; cat {mnt}/runs/exp/results.csv 2>/dev/null; umount {mnt}; }}"
+                       for size in ("2m", "50m"))
+    r = in_private_mounts(script, "a full disk")
+    runs = {}
+    for block in r.stdout.split("@@ ")[1:]:
+        size, rc, *rest = block.split()
+        runs[size] = (rc, rest)
+    assert set(runs) == {"2m", "50m"}, r.stdout + r.stderr
+    for size, (rc, rest) in runs.items():
+        err = (tmp_path / f"{size}.err").read_text()
+        assert rc == "rc=1" and "Traceback" not in err, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"error: {mnt}/runs/exp/weights: no space left to save "), line
+        assert re.search(r"it needs \d+\.\d MB, \d+\.\d MB are free there", line), line
+        assert not [f for f in rest if f.endswith(".tmp")], rest
+    assert runs["2m"][1] == [] and "last.pt (epoch 1)" in (tmp_path / "2m.err").read_text()  # nothing left: no run, no folder
+    files, csv = [f for f in runs["50m"][1] if f.startswith("/")], [f for f in runs["50m"][1] if not f.startswith("/")]
+    assert f"{mnt}/runs/exp/weights/last.pt" in files and len(csv) == 2 and csv[1].startswith("1,"), runs["50m"]
+    assert "goes on from epoch 2" in (tmp_path / "50m.err").read_text()
+
+
+def test_read_only_project_and_weights_folder(mistakes, tmp_path):
+    """A read-only --project (train, val, detect) and read-only weights to export: one line naming the folder (and
+    --output for exports); --output DIR exports there."""
+    import shutil
+
+    ro, logs, out = tmp_path / "ro", tmp_path / "logs", tmp_path / "out"
+    ro.mkdir()
+    logs.mkdir()
+    shutil.copy(mistakes["best"], ro / "best.pt")
+    image = next((mistakes["data"].parent / "images" / "val").glob("*.jpg"))
+    py = sys.executable
+    cmds = {
+        "train": f"{py} train.py --cfg cfg/yolov5n.yaml --data {mistakes['data']} --epochs 1 --img 64 --project {ro}/runs",
+        "val": f"{py} val.py --weights {ro}/best.pt --data {mistakes['data']} --img 64 --project {ro}/runs",
+        "detect": f"{py} detect.py --weights {ro}/best.pt --source {image} --img 64 --project {ro}/runs",
+        "onnx": f"{py} export.py --weights {ro}/best.pt --include onnx --img 64",
+        "openvino": f"{py} export.py --weights {ro}/best.pt --include openvino --img 64",
+        "output": f"{py} export.py --weights {ro}/best.pt --include onnx --img 64 --output {out}",
+    }
+    runs = [f"{{ {cmd} >{logs}/{name}.log 2>&1; echo $? >{logs}/{name}.rc; }}" for name, cmd in cmds.items()]
+    pairs = " ".join(f"{a} & {b} & wait;" for a, b in zip(runs[::2], runs[1::2]))  # two at a time
+    r = in_private_mounts(f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} {ro} && {pairs}", "a read-only mount")
+    assert r.returncode == 0, r.stderr
+    said = {name: (logs / f"{name}.log").read_text() for name in cmds}
+    rcs = {name: (logs / f"{name}.rc").read_text().strip() for name in cmds}
+    for name in ("train", "val", "detect"):
+        assert rcs[name] == "1" and "Traceback" not in said[name], said[name][-3000:]
+        assert f"--project {ro}/runs: cannot make a run folder there (Read-only file system" in said[name], said[name][-3000:]
+    for name in ("onnx", "openvino"):
+        assert rcs[name] == "1" and "Traceback" not in said[name], said[name][-3000:]
+        assert f"{ro}: cannot write the exports next to the weights (Read-only file system): choose a folder with --output DIR" in said[name]
+    assert rcs["output"] == "0", said["output"][-3000:]
+    assert (out / "best.onnx").is_file() and sorted(p.name for p in ro.iterdir()) == ["best.pt"]
+
+
+@pytest.mark.parametrize("name", list(DATA_YAMLS))
+def test_data_yamls_that_describe_no_dataset(name, tiny_data, tmp_path):
+    """Each malformed data YAML is an error that names the file and says what is wrong, before the engine reads it."""
+    from utils.data import load_data_config
+
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(DATA_YAMLS[name].format(base=f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\n"))
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        load_data_config(f)
+    assert str(e.value).startswith(f"data YAML {f}: ") and DATA_SAYS[name] in str(e.value)
+
+
+def test_a_row_whose_module_is_a_mapping():
+    from models.yolo import ModelConfigError, parse_model
+
+    d = {"nc": 3, "backbone": [[-1, 1, {"Conv": 1}, [16, 3, 2]]], "head": [[-1, 1, "Detect", ["nc"]]], "yaml_file": "m.yaml"}
+    with pytest.raises(ModelConfigError, match=r"m.yaml: row 0 .*: module must be a name, got \{'Conv': 1\}"):
+        parse_model(d, ch=[3], verbose=False)
+
+
+def test_resume_tells_runs_apart_without_run_ids(tmp_path):
+    """Checkpoints from before run ids: the start folder in args.yaml and results.csv's columns decide."""
+    from utils.trainer import other_run
+
+    run = tmp_path / "exp"
+    (run / "weights").mkdir(parents=True)
+    (run / "args.yaml").write_text(f"save_dir: {run}\nmodel: cfg/yolov5n.yaml\n")
+    (run / "results.csv").write_text("epoch,time,train/box_loss,val/obj_loss\n1,1.0,0.5,0.4\n")
+    last = run / "weights" / "last.pt"
+    same = {"train_args": {"save_dir": str(run)}, "train_metrics": {"val/obj_loss": 0.4, "fitness": 0.1}}
+    assert other_run(last, same) is None
+    copied_in = {**same, "train_args": {"save_dir": str(tmp_path / "elsewhere")}}
+    assert "args.yaml is another run's (cfg/yolov5n.yaml, started in" in other_run(last, copied_in)
+    anchor_free = {**same, "train_metrics": {"val/dfl_loss": 0.4, "fitness": 0.1}}
+    assert "results.csv has no val/dfl_loss column" in other_run(last, anchor_free)

@@ -40,6 +40,81 @@ _CORRUPT = "ignoring corrupt image/label"  # text of ultralytics' message for fi
 
 
 # ---------------------------------------------------------------------------------------------------- data YAMLs
+class DataConfigError(ValueError):
+    """A dataset YAML whose content cannot be used (not a mapping, no train:, names that do not make classes)."""
+
+
+def check_data_dict(file, raw) -> None:
+    """Raise DataConfigError naming `file` and the key at fault when a parsed data YAML cannot describe a dataset.
+
+    The engine asserts or raises KeyError/SyntaxError on these (names with a gap, nc against names, ...).
+    """
+    if not isinstance(raw, dict):
+        raise DataConfigError(f"data YAML {file}: must be a mapping with train:, val: and names:, got {type(raw).__name__} {str(raw)[:60]!r}")
+    for key in ("train", "val"):
+        if key not in raw and not (key == "val" and "validation" in raw):
+            raise DataConfigError(f"data YAML {file}: no '{key}:' key (the {key} images: a folder, a .txt list or a list of those)")
+    nc, names = raw.get("nc"), raw.get("names")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise DataConfigError(f"data YAML {file}: 'nc' must be a positive integer, got {nc!r}")
+    if names is None:
+        if nc is None:
+            raise DataConfigError(f"data YAML {file}: no 'names:' (the class names, a list or {{0: name, 1: name, ...}})")
+        return
+    if isinstance(names, list):
+        keys = list(range(len(names)))
+        values = names
+    elif isinstance(names, dict):
+        try:
+            keys = sorted(int(k) for k in names if not isinstance(k, bool))
+        except (TypeError, ValueError):
+            keys = None
+        if keys is None or len(keys) != len(names):
+            raise DataConfigError(f"data YAML {file}: 'names' keys must be class indices 0, 1, 2, ..., got {list(names)[:8]}")
+        values = list(names.values())
+    else:
+        raise DataConfigError(f"data YAML {file}: 'names' must be a list of class names or {{0: name, 1: name, ...}}, got {names!r}")
+    if not values:
+        raise DataConfigError(f"data YAML {file}: 'names' is empty: give at least one class name")
+    if keys != list(range(len(values))):
+        gaps = sorted(set(range(len(values))) - set(keys))
+        raise DataConfigError(f"data YAML {file}: 'names' keys must be 0..{len(values) - 1} with no gap, got {keys[:8]} "
+                              f"(no class {gaps[0] if gaps else keys[0]})")
+    bad = next((v for v in values if isinstance(v, (list, dict)) or v is None), "ok")
+    if bad != "ok":
+        raise DataConfigError(f"data YAML {file}: each class name must be a single word or string, got {bad!r}")
+    if nc is not None and nc != len(values):
+        raise DataConfigError(f"data YAML {file}: nc: {nc} disagrees with its {len(values)} names")
+
+
+def read_data_yaml(path) -> tuple[Path, dict]:
+    """The file a --data path means (from the working directory, else the repository root) and its checked content.
+
+    Raises FileNotFoundError for a missing file or one that is not YAML, DataConfigError for one that is not a dataset.
+    """
+    given = Path(path).expanduser()
+    file = given
+    if not file.is_file() and not given.is_absolute() and (ROOT / given).is_file():
+        file = ROOT / given
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
+            f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
+        )
+    import yaml
+
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        from models.yolo import yaml_problem
+
+        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({yaml_problem(e)[:160]})") from None
+    except UnicodeDecodeError as e:
+        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({str(e).splitlines()[0][:160]})") from None
+    check_data_dict(file, raw)
+    return file, raw
+
+
 def list_data_yamls() -> str:
     """The dataset YAMLs shipped in data/, for error messages."""
     found = sorted(p.name for p in DATA_DIR.glob("*.y*ml")) if DATA_DIR.is_dir() else []
@@ -62,22 +137,9 @@ def load_data_config(path, autodownload: bool = True) -> dict:
     Raises:
         FileNotFoundError: the YAML does not exist (message names it and lists data/*.yaml), or its train/val images
             do not exist (message names the YAML, the key and the resolved path).
+        DataConfigError: the YAML is not a dataset's (no train:, names that are no list of classes, nc against names).
     """
-    given = Path(path).expanduser()
-    file = given
-    if not file.is_file() and not given.is_absolute() and (ROOT / given).is_file():
-        file = ROOT / given
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
-            f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
-        )
-    import yaml
-
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({str(e).splitlines()[0][:160]})") from None
+    file, raw = read_data_yaml(path)
     if autodownload and isinstance(raw, dict):
         _build_embedded_set(file, raw)
     try:

@@ -22,9 +22,11 @@ What differs from the stock DetectionTrainer:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
+import uuid
 from copy import copy
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +41,8 @@ from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
-from models.checkpoints import OFFICIAL_HORNET, Weights, read_weights, weights_format
-from models.yolo import Model, load_model, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
+from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, read_weights, weights_format
+from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
 from utils import ddp
 from utils.autoanchor import check_anchors
 from utils.data import build_yolo_dataset, load_data_config
@@ -75,9 +77,10 @@ EXTRA_DEFAULTS = {
     "verbose_transfer": False,  # list every tensor --weights moved or did not
     "hyp": "",  # the hyp file used (recorded for the run)
     "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
+    "run_id": "",  # made when a run starts; args.yaml and every checkpoint hold it, so --resume tells this folder's run from another's
 }
 HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS
-                                if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn"}))
+                                if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn", "run_id"}))
 HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
               "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
 HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
@@ -168,22 +171,39 @@ def plain(x):
     return str(x)
 
 
+class RunDirError(ValueError):
+    """A --project (or project/name) where no run folder can be made: a file, read-only, not permitted."""
+
+
 def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Path:
-    """YOLOv5's run folders: project/exp, exp2, exp3, ... made here so that two runs never share one."""
+    """YOLOv5's run folders: project/exp, exp2, exp3, ... made here so that two runs never share one.
+
+    Raises RunDirError naming --project when the folder cannot be made there.
+    """
     project = Path(project)
-    project.mkdir(parents=True, exist_ok=True)
-    path = project / name
-    if exist_ok:
-        path.mkdir(exist_ok=True)
-        return path
-    for n in range(1, 10000):
-        path = project / (name if n == 1 else f"{name}{n}")
-        try:
-            path.mkdir()  # atomic: the run that creates the folder owns it
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        path = project / name
+        if exist_ok:
+            path.mkdir(exist_ok=True)
             return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"no free run folder for {project / name}")
+        for n in range(1, 10000):
+            path = project / (name if n == 1 else f"{name}{n}")
+            try:
+                path.mkdir()  # atomic: the run that creates the folder owns it
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        at = Path(e.filename) if e.filename else project
+        if at.exists() and not at.is_dir():
+            raise RunDirError(f"--project {project}: {at} is a file, not a folder") from None
+        raise RunDirError(f"--project {project}: cannot make a run folder there ({e.strerror or e}: {at})") from None
+    raise RunDirError(f"--project {project}: no free run folder for {name} (up to {name}9999 exist)")
+
+
+class DiskFullError(OSError):
+    """A checkpoint that does not fit on its disk; the message names the folder and the space it needs."""
 
 
 class ResumeError(ValueError):
@@ -200,6 +220,7 @@ def lock_run(save_dir):
         import fcntl
     except ImportError:
         return None
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
     f = open(Path(save_dir) / ".lock", "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -244,7 +265,8 @@ def keep_epochs(csv, last_epoch: int) -> int:
     """Drop the rows of results.csv after `last_epoch` (1-based) and any torn row; returns how many were dropped.
 
     The engine writes an epoch's row before its last.pt, so a run killed between the two has a row that
-    last.pt does not hold, and resuming would write that epoch again.
+    last.pt does not hold, and resuming would write that epoch again. With `last_epoch` 0 (no checkpoint)
+    the file goes: the engine writes a new header with the first row.
     """
     csv = Path(csv)
     if not csv.is_file():
@@ -258,11 +280,48 @@ def keep_epochs(csv, last_epoch: int) -> int:
             return False
 
     keep = [r for r in rows if held(r)]
-    if len(keep) < len(rows):
+    if not keep and last_epoch < 1:
+        csv.unlink()
+    elif len(keep) < len(rows):
         tmp = csv.with_name(csv.name + ".tmp")
         tmp.write_text("\n".join([header, *keep]) + "\n", encoding="utf-8")
         os.replace(tmp, csv)
     return len(rows) - len(keep)
+
+
+def other_run(last, ckpt: dict) -> str | None:
+    """Why resuming `last` would mix two runs in its folder, or None when the folder holds the checkpoint's own run.
+
+    The folder's args.yaml (written when its run started) must carry the checkpoint's run id; for checkpoints from
+    before run ids, the same start folder, and its results.csv the checkpoint's metric columns. A run folder that
+    was moved or renamed as a whole passes.
+    """
+    last = Path(last)
+    run_dir = last.resolve().parent.parent
+    args = ckpt.get("train_args") or {}
+    try:
+        here = yaml.safe_load((run_dir / "args.yaml").read_text()) if (run_dir / "args.yaml").is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        here = None
+    here = here if isinstance(here, dict) else None
+    csv = run_dir / "results.csv"
+    header = csv.read_text(encoding="utf-8").splitlines()[:1] if csv.is_file() else []
+    columns = {c.strip() for c in header[0].split(",")} if header else set()
+    wanted = [k for k in (ckpt.get("train_metrics") or {}) if k != "fitness"]
+    by_id = here is not None and bool(args.get("run_id")) and bool(here.get("run_id"))
+    if by_id:
+        same = args["run_id"] == here["run_id"]
+    else:
+        same = here is None or str(args.get("save_dir")) == str(here.get("save_dir"))
+    missing = [] if by_id else [k for k in wanted if columns and k not in columns]  # the ids decide where both have one
+    if same and not missing:
+        return None
+    theirs = f"{(ckpt.get('model_yaml') or {}).get('yaml_file', '?')}, started in {args.get('save_dir', '?')}"
+    ours = f"{here.get('model', '?')}, started in {here.get('save_dir', '?')}" if here else "another model"
+    why = f"results.csv has no {missing[0]} column" if missing else f"args.yaml is another run's ({ours})"
+    return (f"--resume {last}: this last.pt is from another run ({theirs}) than the one {run_dir} holds ({why}): resuming "
+            f"would train its model there and append to that results.csv; resume it from a run folder of its own, or "
+            f"train from its weights: python train.py --weights {last}")
 
 
 def _head(model) -> torch.nn.Module:
@@ -302,7 +361,16 @@ class HorNetTrainer(DetectionTrainer):
         self._extras = {k: overrides.pop(k) for k in list(overrides) if k in EXTRA_DEFAULTS}
         self._anchors_checked = False
         self._lock = None
-        super().__init__(cfg, overrides, _callbacks)
+        if RANK == -1 and overrides.get("save_dir") and not overrides.get("resume"):
+            # before the engine's constructor, which rewrites args.yaml and deletes results.csv in that folder
+            self._lock = lock_run(overrides["save_dir"])
+            if overrides.get("exist_ok"):
+                warn_overwrite(overrides["save_dir"])
+        try:
+            super().__init__(cfg, overrides, _callbacks)
+        except BaseException:
+            self.release_lock()
+            raise
         if RANK == -1 and self._lock is None:  # a DDP launch's workers run under the parent's lock
             self._lock = lock_run(self.save_dir)
         self._batch_ends = []
@@ -323,9 +391,12 @@ class HorNetTrainer(DetectionTrainer):
                 return ddp.launch(self.world_size, ddp.plain_args(self.args), self.save_dir)
             return super().train()
         finally:
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
+            self.release_lock()
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def say_run_time(self) -> None:
         """After the first few batches, one line with the whole run's training time; on a CPU, a quick command."""
@@ -350,6 +421,7 @@ class HorNetTrainer(DetectionTrainer):
         if not resume:
             for k, v in {**EXTRA_DEFAULTS, **self._extras}.items():
                 setattr(self.args, k, v)
+            self.args.run_id = self.args.run_id or uuid.uuid4().hex[:12]
             self.resume = False
             return
         last = Path(resume) if isinstance(resume, (str, Path)) and str(resume) not in {"True", "true"} else None
@@ -370,6 +442,10 @@ class HorNetTrainer(DetectionTrainer):
                               f"nothing to resume; to train on from its weights: python train.py --weights {last} --epochs N")
         if RANK == -1:
             self._lock = lock_run(last.resolve().parent.parent)
+            problem = other_run(last, ckpt)
+            if problem:
+                self.release_lock()
+                raise ResumeError(problem)
         extras = {k: args.pop(k) for k in list(args) if k in EXTRA_DEFAULTS}
         args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
         for k in RESUME_ALLOWED & set(overrides):
@@ -377,6 +453,7 @@ class HorNetTrainer(DetectionTrainer):
         self.args = get_cfg(args)
         for k, v in {**EXTRA_DEFAULTS, **extras}.items():
             setattr(self.args, k, v)
+        self.args.run_id = self.args.run_id or uuid.uuid4().hex[:12]  # a checkpoint from before run ids
         self.args.model = self.args.resume = str(last)
         self.resume = True
         LOGGER.info(f"Resuming {last} with the arguments it was started with")
@@ -436,13 +513,16 @@ class HorNetTrainer(DetectionTrainer):
             return None
         if self.resume:
             ckpt = read_checkpoint(self.args.resume)
-            self.model = self.get_model(cfg=ckpt["model_yaml"], verbose=RANK in {-1, 0})
-            self.model.load_state_dict(ckpt["model"])
+            with checkpoint_yaml_errors(self.args.resume, ckpt["model_yaml"]):
+                self.model = self.get_model(cfg=ckpt["model_yaml"], verbose=RANK in {-1, 0})
+            load_own_state(self.model, ckpt["model"], self.args.resume)
             return ckpt
         cfg, weights = self.args.model, self.args.weights or None
         if weights_format(cfg) == "checkpoint":  # --weights FILE without --cfg: the file's own model, its anchors
             source = read_weights(cfg)
-            self.model = self.get_model(cfg=weights_yaml(source), verbose=RANK in {-1, 0})
+            d = weights_yaml(source)
+            with checkpoint_yaml_errors(cfg, d) if source.source == OURS else contextlib.nullcontext():
+                self.model = self.get_model(cfg=d, verbose=RANK in {-1, 0})
             self.load_weights(self.model, source, exclude=(), verbose=bool(getattr(self.args, "verbose_transfer", False)))
             return None
         self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
@@ -545,17 +625,55 @@ class HorNetTrainer(DetectionTrainer):
             if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(live[k]).all():
                 v.copy_(live[k])
         self.wdir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.last, self.ema.ema, **self.checkpoint_extras())
+        extras = self.checkpoint_extras()
         copies = []
         if self.best_fitness == self.fitness:
             copies.append(self.best)
         if self.save_period > 0 and self.epoch % self.save_period == 0:
             copies.append(self.wdir / f"epoch{self.epoch}.pt")
-        for f in copies:  # copy then rename, so a kill never leaves half a file
-            tmp = f.with_name(f.name + ".tmp")
-            shutil.copyfile(self.last, tmp)
-            os.replace(tmp, f)
+        target = self.last
+        try:
+            save_checkpoint(self.last, self.ema.ema, **extras)
+            for target in copies:  # copy then rename, so a kill never leaves half a file
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(self.last, tmp)
+                os.replace(tmp, target)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+            self.saving_failed(target, e, extras)
+            raise
         return True
+
+    def saving_failed(self, target: Path, error: Exception, extras: dict) -> None:
+        """A checkpoint that could not be written: its temp file removed, results.csv cut back to what last.pt holds;
+        DiskFullError naming the folder and the space needed when the disk is full, else back to the caller."""
+        tmp = target.with_name(target.name + ".tmp")
+        partial = tmp.stat().st_size if tmp.is_file() else 0
+        free = shutil.disk_usage(self.wdir).free + partial  # the space the half-written file holds comes back
+        if target == self.last:
+            import io
+
+            buffer = io.BytesIO()
+            torch.save(checkpoint_dict(self.ema.ema, **extras), buffer)
+            needed = buffer.tell()
+        else:
+            needed = self.last.stat().st_size
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or needed >= free
+        if full:
+            e = error
+            while e is not None:  # the frames of the chain hold the half-written file open, and so its space
+                e.__traceback__, e = None, e.__context__
+        tmp.unlink(missing_ok=True)
+        held = read_checkpoint(self.last).get("epoch", -1) + 1 if self.last.is_file() else 0
+        try:
+            keep_epochs(self.csv, held)
+        except OSError as e:
+            LOGGER.warning(f"{self.csv}: could not drop the row(s) after epoch {held}, which last.pt does not hold ({e})")
+        if not full:
+            return
+        then = (f"python train.py --resume {self.last} goes on from epoch {held + 1}" if held
+                else "no checkpoint was saved, nothing to resume")
+        raise DiskFullError(f"{self.wdir}: no space left to save {target.name} (epoch {self.epoch + 1}): it needs "
+                            f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free there; {then}") from None
 
     def _setup_ddp(self):
         """Join the process group: the engine's for GPUs, gloo for CPU ranks (torchrun ... --device cpu)."""
@@ -631,7 +749,11 @@ class HorNetTrainer(DetectionTrainer):
         if RANK in {-1, 0}:
             for f in (self.last, self.best):
                 if f.is_file():
-                    write_checkpoint(f, {**read_checkpoint(f), "optimizer": None})
+                    try:
+                        write_checkpoint(f, {**read_checkpoint(f), "optimizer": None})
+                    except (OSError, RuntimeError) as e:  # a full disk: the file stays whole, with its optimizer
+                        f.with_name(f.name + ".tmp").unlink(missing_ok=True)
+                        LOGGER.warning(f"{f}: kept with its optimizer state, the smaller copy could not be written ({str(e).splitlines()[0][:120]})")
         if self.world_size > 1:
             dist.barrier()  # best.pt is written
         if not self.best.is_file():
