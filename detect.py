@@ -82,6 +82,7 @@ def run(
     vid_stride=1,
     stream_buffer=False,
     track=None,
+    save_csv=False,
 ):
     """Detect objects in `source` with `weights`; returns the predictor (its `save_dir`, `results`, `speed`...).
 
@@ -134,6 +135,7 @@ def run(
             **({"mode": "track", "tracker": tracker} if tracker else {}),
         }
         predictor = HorNetPredictor(overrides=overrides)
+        predictor.csv_path = save_dir / "predictions.csv" if save_csv else None
         if tracker:
             from ultralytics.trackers import register_tracker
 
@@ -179,6 +181,7 @@ def parse_opt(argv=None):
     parser.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt (class xc yc w h, normalized)")
     parser.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
     parser.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")
+    parser.add_argument("--save-csv", action="store_true", help="save results to predictions.csv (YOLOv5's columns, then the box)")
     parser.add_argument("--nosave", action="store_true", help="do not save images/videos")
     parser.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
     parser.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")

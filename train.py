@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
-from utils.data import DataConfigError, read_data_yaml  # noqa: E402
+from utils.data import DataConfigError, load_data_config  # noqa: E402
 from utils.trainer import (  # noqa: E402
     DeviceError,
     DiskFullError,
@@ -108,10 +108,13 @@ def recipe_for(model) -> Path:
     return RECIPES[model_family(model)]
 
 
-def in_repo(path: str | None) -> str | None:
-    """A relative path that does not exist from the working directory but does from the repo root: the latter."""
-    if path and not Path(path).exists() and not Path(path).is_absolute() and (ROOT / path).exists():
-        return str(ROOT / path)
+def in_repo(path: str | None, folder: str = "") -> str | None:
+    """A relative path that does not exist from the working directory but does from the repo root, or for a bare
+    name in `folder` of the repo (data/hyps/ for --hyp, as YOLOv5 looks hyp files up): the latter."""
+    if path and not Path(path).exists() and not Path(path).is_absolute():
+        for candidate in (ROOT / path, *([ROOT / folder / path] if folder and len(Path(path).parts) == 1 else [])):
+            if candidate.exists():
+                return str(candidate)
     return path
 
 
@@ -150,7 +153,8 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
     checked `hyp_overrides` (the Python API's lr0=..., mosaic=...) go over the hyp file's values."""
     ignored = ignored_by_resume(opt) if opt.resume else []
     # The defaults (data/shapes.yaml, data/hyps/..., cfg/...) work from any working directory, as in YOLOv5.
-    opt.cfg, opt.data, opt.hyp, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.hyp, opt.albumentations))
+    opt.cfg, opt.data, opt.albumentations = map(in_repo, (opt.cfg, opt.data, opt.albumentations))
+    opt.hyp = in_repo(opt.hyp, "data/hyps")
     project = str(Path(opt.project).resolve())  # absolute: the engine puts relative ones under its settings dir
     check_device(opt.device)
     if not opt.resume:
@@ -174,11 +178,9 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
     optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
     hyp.pop("optimizer", None)
     hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
-    if not Path(opt.data).is_file():
-        from utils.data import list_data_yamls
-
-        raise FileNotFoundError(f"--data: data YAML not found: {opt.data} (dataset YAMLs in data/: {list_data_yamls()})")
-    read_data_yaml(opt.data)  # a YAML that is no dataset's fails here, before a run folder is made
+    # A YAML that is no dataset's, or whose images are missing, fails here, before a run folder is made (the
+    # embedded set is generated here when missing; a package YAML such as coco128.yaml is found and named)
+    opt.data = load_data_config(opt.data)["yaml_file"]
     # exp, exp2, ... as YOLOv5 names them; processes that torchrun started must all agree: project/name as given.
     # With --exist-ok the trainer says what it overwrites once it holds the folder's lock.
     torchrun = os.environ.get("LOCAL_RANK") is not None

@@ -51,6 +51,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--project", default=str(ROOT / "runs/val"), help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU); OpenVINO on a CPU: its reduced precision (bfloat16)")
+    p.add_argument("--augment", action="store_true", help="augmented inference (YOLOv5's scales and flip; PyTorch models)")
     return p.parse_args(argv)
 
 
@@ -94,6 +96,22 @@ def main(opt: argparse.Namespace, model=None) -> dict:
     return metrics
 
 
+def half_precision(opt: argparse.Namespace, weights: Path, fmt: str) -> bool:
+    """--half where it means something: float16 on a GPU, the CPU's reduced precision for an OpenVINO export."""
+    if not opt.half:
+        return False
+    if fmt == "openvino" or str(opt.device or "").lower() not in {"", "cpu"}:
+        return True
+    import torch
+
+    if torch.cuda.is_available() and not opt.device:
+        return True
+    from ultralytics.utils import LOGGER
+
+    LOGGER.warning("--half needs a GPU (--device 0), or an OpenVINO export on a CPU with bfloat16: validating in float32")
+    return False
+
+
 def check_exported(weights: Path) -> None:
     """ValueError naming an exported model file that its runtime cannot load (corrupt, truncated, not a model)."""
     from ultralytics.nn.autobackend import AutoBackend
@@ -130,6 +148,8 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = 
         "project": str(save_dir.parent),
         "name": save_dir.name,
         "rect": True,
+        "quantize": 16 if half_precision(opt, weights, fmt) else None,
+        "augment": opt.augment,
     }
     if fmt == "checkpoint":
         from models.yolo import load_model

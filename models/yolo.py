@@ -38,7 +38,7 @@ from models.transfer import TransferReport, transfer  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.nn.modules import Conv, Detect  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
-from ultralytics.utils.torch_utils import initialize_weights  # noqa: E402
+from ultralytics.utils.torch_utils import initialize_weights, scale_img  # noqa: E402
 
 
 class ModelConfigError(ValueError):
@@ -310,6 +310,16 @@ class Model(DetectionModel):
             head.anchors /= head.stride.view(-1, 1, 1)  # pixels -> stride units
         head.bias_init()
         return head.stride
+
+    def _predict_augment(self, x: torch.Tensor):
+        """YOLOv5's test-time augmentation, for both heads: scales 1, 0.83 and 0.67 (left-right flipped), candidates
+        merged before NMS; the engine's de-scaling and tail clipping. (The engine's refuses every head but its Detect.)"""
+        size = x.shape[-2:]
+        y = []
+        for scale, flip in zip((1.0, 0.83, 0.67), (None, 3, None)):
+            out = self._predict_once(scale_img(x.flip(flip) if flip else x, scale, gs=int(self.stride.max())))
+            y.append(self._descale_pred((out[0] if isinstance(out, (list, tuple)) else out).clone(), flip, scale, size))
+        return torch.cat(self._clip_augmented(y), -1), None
 
     def init_criterion(self):
         if isinstance(self.model[-1], AnchorDetect):

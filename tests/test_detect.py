@@ -253,25 +253,38 @@ def test_q_key_stops_cleanly(assets, tmp_path, monkeypatch):
 
 
 def test_augment_runs_three_scales_and_merges_them(assets, tmp_path, monkeypatch):
-    """--augment runs the model at YOLOv5's scales 1, 0.83, 0.67 (the last flipped) and merges all candidates."""
-    import utils.predict
+    """--augment runs the model at YOLOv5's scales 1, 0.83, 0.67 (the last flipped) and merges all candidates (the
+    model's own test-time augmentation, which the predictor and the validator both call)."""
+    import models.yolo
 
     scales, candidates = [], []
-    scale_img = utils.predict.scale_img
-    monkeypatch.setattr(utils.predict, "scale_img", lambda im, s, **kw: scales.append(s) or scale_img(im, s, **kw))
-    inference = utils.predict.HorNetPredictor.inference
+    scale_img = models.yolo.scale_img
+    monkeypatch.setattr(models.yolo, "scale_img", lambda im, s, **kw: scales.append(s) or scale_img(im, s, **kw))
+    augment = models.yolo.Model._predict_augment
 
-    def counted(self, im, *args, **kwargs):
-        y = inference(self, im, *args, **kwargs)
-        candidates.append((y[0] if isinstance(y, (list, tuple)) else y).shape[2])
+    def counted(self, x):
+        y = augment(self, x)
+        candidates.append((y[0].shape[2], self._predict_once(x)[0].shape[2]))  # merged, and one scale's
         return y
 
-    monkeypatch.setattr(utils.predict.HorNetPredictor, "inference", counted)
+    monkeypatch.setattr(models.yolo.Model, "_predict_augment", counted)
     predictor = run(assets, tmp_path, weights=assets["confident"], source=assets["images"] / "img1.jpg", augment=True, save_txt=True)
     assert scales[:3] == [1.0, 0.83, 0.67]
     single = run(assets, tmp_path, weights=assets["confident"], source=assets["images"] / "img1.jpg")
-    assert candidates[0] > candidates[-1] and len(candidates) == 2  # merged over three scales vs one
+    merged, one_scale = candidates[0]
+    assert one_scale < merged < 3 * one_scale  # three scales' candidates, the tails clipped
     assert read_labels(predictor.save_dir / "labels")["img1"].shape[1] == 5 and single.seen == 1
+
+
+def test_save_csv_writes_yolov5s_columns_and_the_boxes(assets, tmp_path):
+    import csv
+
+    predictor = run(assets, tmp_path, weights=assets["confident"], source=assets["images"], save_csv=True, save_txt=True, save_conf=True)
+    rows = list(csv.reader(open(predictor.save_dir / "predictions.csv")))
+    assert rows[0] == ["Image Name", "Prediction", "Confidence", "x1", "y1", "x2", "y2"]
+    labels = read_labels(predictor.save_dir / "labels")
+    assert len(rows) - 1 == sum(len(v) for v in labels.values()) > 0  # one row per box, as in the label files
+    assert {r[0] for r in rows[1:]} == {f"{stem}.jpg" for stem in labels} and {r[1] for r in rows[1:]} <= set(NAMES.values())
 
 
 def test_cli_errors_exit_nonzero_with_message(assets, tmp_path):

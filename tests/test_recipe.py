@@ -145,6 +145,9 @@ def test_train_says_which_recipe_and_hyp_overrides(tmp_path):
                                                   "--hyp", "data/hyps/hyp.scratch-low.yaml"]))
         assert Path(o["hyp"]).resolve() == ROOT / "data/hyps/hyp.scratch-low.yaml" and o["optimizer"] == "SGD"
         assert not [line for line in seen if line.startswith("hyp: ")]
+        o = train.overrides_from(train.parse_opt(["--cfg", "cfg/yolov5n-horfpn.yaml", "--project", str(tmp_path),
+                                                  "--hyp", "hyp.scratch-low.yaml"]))  # a bare name: data/hyps/, as YOLOv5
+        assert Path(o["hyp"]) == ROOT / "data/hyps/hyp.scratch-low.yaml"
     finally:
         logging.getLogger("ultralytics").removeHandler(handler)
 

@@ -162,7 +162,7 @@ def test_unknown_hyp_key_names_key_and_file(tmp_path):
 
 def test_missing_data_yaml_is_clear(tmp_path):
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(FileNotFoundError, match=r"nope.yaml \(dataset YAMLs in data/: data/shapes.yaml\)"):
+    with pytest.raises(FileNotFoundError, match=r"nope.yaml' \(looked in .*\)\. Dataset YAMLs in .*data: data/shapes.yaml"):
         train.overrides_from(train.parse_opt(["--data", str(missing), "--project", str(tmp_path)]))
     with pytest.raises(FileNotFoundError, match="data YAML not found.*nope.yaml"):  # the trainer itself, too
         HorNetTrainer(overrides={"model": "cfg/yolov5n.yaml", "data": str(missing), "project": str(tmp_path), "name": "x"})

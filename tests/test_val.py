@@ -93,3 +93,20 @@ def test_val_bad_input(setup, tmp_path):
         val.run(weights=str(foreign), data=str(data), project=str(tmp_path))
     with pytest.raises(ValueError, match="^--device 99: "):
         val.run(weights=str(best), data=str(data), device="99", project=str(tmp_path))
+
+
+def test_val_augment_and_half(setup, tmp_path, monkeypatch):
+    """--augment runs the model's test-time augmentation in the validator (more candidates per image); --half on a
+    CPU says it needs a GPU and validates in float32 (the same metrics)."""
+    from models.yolo import Model
+
+    data, best = setup
+    calls = []
+    augment = Model._predict_augment
+    monkeypatch.setattr(Model, "_predict_augment", lambda self, x: calls.append(x.shape) or augment(self, x))
+    args = dict(weights=str(best), data=str(data), imgsz=64, batch_size=4, workers=0)
+    tta = val.run(augment=True, project=str(tmp_path / "tta"), **args)
+    assert calls and all(0.0 <= tta[k] <= 1.0 for k in KEYS)
+    plain = val.run(project=str(tmp_path / "plain"), **args)
+    half = val.run(half=True, device="cpu", project=str(tmp_path / "half"), **args)
+    assert [half[k] for k in KEYS] == [plain[k] for k in KEYS]

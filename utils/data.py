@@ -96,6 +96,10 @@ def read_data_yaml(path) -> tuple[Path, dict]:
     file = given
     if not file.is_file() and not given.is_absolute() and (ROOT / given).is_file():
         file = ROOT / given
+    if not file.is_file() and len(given.parts) == 1:  # a bare name: the ultralytics package's dataset YAMLs (coco128.yaml)
+        import ultralytics
+
+        file = next((f for f in sorted((Path(ultralytics.__file__).parent / "cfg" / "datasets").glob(given.name))), file)
     if not file.is_file():
         raise FileNotFoundError(
             f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
@@ -126,7 +130,8 @@ def load_data_config(path, autodownload: bool = True) -> dict:
 
     Args:
         path (str | Path): dataset YAML. A relative path is looked up from the working directory first, then from
-            the repository root (so `--data data/shapes.yaml` works from anywhere).
+            the repository root (so `--data data/shapes.yaml` works from anywhere); a bare name also among the
+            ultralytics package's dataset YAMLs (`coco128.yaml`: its images need a download, which is not made here).
         autodownload: make the embedded set when its YAML's val images are missing (a `download:` step of any other
             kind is never run: its images must be fetched by hand, and the error says what the step would have done).
 

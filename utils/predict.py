@@ -1,9 +1,10 @@
 """Prediction on the ultralytics engine: the predictor subclass and the source checks that detect.py uses.
 
 `HorNetPredictor` is ultralytics' `DetectionPredictor` (letterbox, NMS, plotting, label files, video
-writers) with what YOLOv5's detect.py adds: test-time augmentation for PyTorch models, output videos at
-the input's frame rate for webcams and streams too, and a warning when a video ends before the frame
-count its header announced (truncated or corrupt file: the frames read so far are kept).
+writers) with what YOLOv5's detect.py adds: output videos at the input's frame rate for webcams and streams
+too, and a warning when a video ends before the frame count its header announced (truncated or corrupt
+file: the frames read so far are kept). Test-time augmentation (--augment) is the model's own
+(`models.yolo.Model._predict_augment`), so the validator has it too.
 
 `resolve_source` turns a `--source` value into what the ultralytics loaders take, and fails early with
 a message naming the source when it does not exist or a camera cannot be opened.
@@ -18,12 +19,10 @@ import threading
 from pathlib import Path
 
 import cv2
-import torch
 
 from ultralytics.data.utils import IMG_FORMATS, VID_FORMATS
 from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import ASSETS, LOGGER, MACOS, WINDOWS
-from ultralytics.utils.torch_utils import scale_img
 from utils.export import run_in_export_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,17 +154,15 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
 class HorNetPredictor(DetectionPredictor):
     """ultralytics' DetectionPredictor for HorNet-YOLOv5 models (an nn.Module, or the path of an export).
 
-    Adds: YOLOv5's test-time augmentation (--augment) for PyTorch models, webcam/stream videos written at
+    Adds: webcam/stream videos written at
     the stream's frame rate, a warning naming any video that ended before its announced frame count, and
     OpenVINO exports run in the precision they were exported for (`quantize=16`: the CPU's reduced one).
     """
 
-    TTA_SCALES = (1.0, 0.83, 0.67)  # YOLOv5's test-time augmentation: scales and flips (3 = left-right)
-    TTA_FLIPS = (None, 3, None)
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.video_progress = {}  # video path -> [last frame read, frames announced]
+        self.csv_path = None  # detect.py --save-csv: predictions.csv, one row per box
         self.stopped_by_user = False  # q pressed in the --view-img window
         self._slot = 0
 
@@ -183,28 +180,28 @@ class HorNetPredictor(DetectionPredictor):
             LOGGER.info("q pressed: stopping; the outputs written so far are saved")
             raise
 
-    def inference(self, im: torch.Tensor, *args, **kwargs):
-        """The model's predictions (B, 4 + nc, N); with --augment on a PyTorch model, merged over scales and flips.
-
-        The engine's DetectionModel._predict_augment refuses every head but its own Detect (a type check), so the
-        loop is here; de-scaling and clipping the tails are the engine's.
-        """
-        if not (self.args.augment and self.model.format == "pt"):
-            return super().inference(im, *args, **kwargs)
-        model = self.model.model  # the nn.Module inside AutoBackend
-        outputs = []
-        for s, flip in zip(self.TTA_SCALES, self.TTA_FLIPS):
-            y = model(scale_img(im.flip(flip) if flip else im, s, gs=int(self.model.stride)))
-            outputs.append(model._descale_pred((y[0] if isinstance(y, (list, tuple)) else y).clone(), flip, s, im.shape[-2:]))
-        return torch.cat(model._clip_augmented(outputs), 2)  # large objects from the upscaled pass, small from the downscaled
-
     def write_results(self, i, p, im, s):
         """ultralytics' per-image output, plus bookkeeping: which stream slot is being saved, video frames read."""
         self._slot = i
         match = re.search(r"\(frame (\d+)/(\d+)\)", s[i])
         if match and self.dataset.mode == "video":
             self.video_progress[str(p)] = [int(match[1]), int(match[2])]
-        return super().write_results(i, p, im, s)
+        out = super().write_results(i, p, im, s)
+        if self.csv_path is not None:
+            self.write_csv(self.results[i], Path(p).name if self.dataset.mode == "image" else f"{Path(p).stem}_{getattr(self.dataset, 'frame', 0)}")
+        return out
+
+    def write_csv(self, result, image: str) -> None:
+        """YOLOv5's predictions.csv rows (Image Name, Prediction, Confidence), with the box in pixels after them."""
+        import csv
+
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["Image Name", "Prediction", "Confidence", "x1", "y1", "x2", "y2"])
+            for cls, conf, box in zip(result.boxes.cls.tolist(), result.boxes.conf.tolist(), result.boxes.xyxy.tolist()):
+                writer.writerow([image, result.names[int(cls)], f"{conf:.4f}", *(f"{v:.1f}" for v in box)])
 
     def save_predicted_images(self, save_path: Path, frame=0):
         """As ultralytics, but a webcam/stream video is written at that stream's own frame rate (not a fixed 30)."""

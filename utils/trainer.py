@@ -344,7 +344,7 @@ class HorNetValidator(DetectionValidator):
 
     def init_metrics(self, model):
         """The engine's; first an OpenVINO export is set to compute in the precision it was exported for."""
-        run_in_export_precision(model, self.args.model)
+        run_in_export_precision(model, self.args.model, half=self.args.quantize == 16)
         super().init_metrics(model)
 
 
