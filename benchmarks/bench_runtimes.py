@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_env import ROOT  # noqa: E402  (offline, project on sys.path, --passive; before torch)
+from bench_env import ROOT  # noqa: E402,F401  (offline, project on sys.path, --passive; before torch)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import cpu_kernels  # noqa: E402

@@ -63,3 +63,17 @@ def reference():
     import torch
 
     return torch.load(fixture_file("hornet_reference.pt"), weights_only=True)
+
+
+@pytest.fixture
+def said():
+    """What the ultralytics logger says during a test (it does not propagate to pytest's caplog), line by line."""
+    import logging
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ultralytics")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)

@@ -300,20 +300,6 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
     assert not (d / "MARKER").exists(), "a checkpoint ran code"
 
 
-@pytest.fixture
-def said():
-    """What the ultralytics logger says during a test (it does not propagate to pytest's caplog)."""
-    import logging
-
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(handler)
-    yield lines
-    logger.removeHandler(handler)
-
-
 def test_resume_names_the_flags_it_ignores():
     """--resume with --epochs/--img: named as ignored; --device/--workers/--cache may change and are not named."""
     import train

@@ -9,7 +9,6 @@ here with the pinned package.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from conftest import ROOT, fixture_file, shapes_data_yaml
-from models.checkpoints import CheckpointError, read_weights
+from models.checkpoints import read_weights
 from models.yolo import Model, load_model, save_checkpoint, transfer_weights
 
 N_STYLES = ["yolov5n", "yolov5n-gnconv", "yolov5n-horblock", "yolov5n-hornet", "yolov5n-hornet-gf", "yolov5n-horfpn"]
@@ -33,18 +32,6 @@ def peer(name: str) -> Path:
 
 def peer_images() -> Path:
     return peer("README.md").parent / "images"
-
-
-@pytest.fixture
-def said():
-    """What the ultralytics logger says during a test."""
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("ultralytics")
-    logger.addHandler(handler)
-    yield lines
-    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
