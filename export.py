@@ -17,6 +17,7 @@ precision at run time (bfloat16 on CPUs with AVX512-BF16 or AMX; float32 where t
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -97,11 +98,15 @@ def run(
     simplify: bool = False,
     opset: int | None = None,
     output=None,
+    int8: bool = False,
+    data=None,
+    fraction: float = 1.0,
 ) -> dict:
     """Export `weights` to each format in `include`; returns {format: {'file': Path, 'max_diff': float}}.
 
     In: a checkpoint written by train.py (or save_checkpoint), image size as [size] or [height, width]; `output` the
-    folder the exports go to (default: the weights' folder).
+    folder the exports go to (default: the weights' folder); `int8`: the OpenVINO export quantized to INT8
+    (`<stem>_int8_openvino_model`), calibrated on `fraction` of the training images of `data` (default data/shapes.yaml).
     Raises FileNotFoundError/ValueError for missing or foreign weights or an output folder that cannot be written,
     ExportError when an export does not match PyTorch.
     """
@@ -113,6 +118,8 @@ def run(
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
+    if int8 and include != ["openvino"]:
+        raise ValueError(f"--int8: INT8 quantization is for OpenVINO exports: use --include openvino, not {' '.join(include)}")
     check_device(device)
     folder = writable_folder(Path(output) if output else weights.parent, given=bool(output))
     device = select_device(device, verbose=False)
@@ -136,15 +143,30 @@ def run(
     want = reference_output(model, im)  # the float32 model: half exports are held to it too
     results = {}
     for fmt in include:
-        file = folder / (weights.stem + FORMATS[fmt])
+        file = folder / (weights.stem + ("_int8" if int8 else "") + FORMATS[fmt])
         if file.exists():
             LOGGER.info(f"{fmt}: overwriting the previous export {file}")
         if fmt == "openvino":  # traced in float32 on the CPU; the reduced precision is the runtime's, at run time
             metadata = export_metadata(model, checked, batch_size, dynamic, half, fmt, weights)
-            export_openvino(em.float().cpu(), im.float().cpu(), file, metadata, dynamic=dynamic)
             tol = TOLERANCE_BF16 if reduced else TOLERANCE
             label = f"OpenVINO {reduced}" if reduced else "OpenVINO"
-            diff = compare(openvino_output(file, im, half=half), want, max(checked), label, tol)
+            if int8:  # the float export, checked, then quantized from it
+                from utils.quantize import quantize_openvino
+
+                float_folder = folder / f".{weights.stem}_float_openvino_model"
+                export_openvino(em.float().cpu(), im.float().cpu(), float_folder, metadata, dynamic=dynamic)
+                compare(openvino_output(float_folder, im, half=half), want, max(checked), label, tol)
+                try:
+                    quantize_openvino(float_folder, model, data or ROOT / "data" / "shapes.yaml", tuple(checked), fraction, file)
+                finally:
+                    shutil.rmtree(float_folder, ignore_errors=True)
+                diff_boxes, diff_scores = max_diffs(openvino_output(file, im, half=half), want)
+                diff = max(diff_boxes, diff_scores)
+                LOGGER.info(f"OpenVINO INT8: max |INT8 - PyTorch| = {diff:.3g} (boxes {diff_boxes:.3g} px, scores {diff_scores:.3g}; "
+                            "INT8 is judged by its mAP: val.py --weights on it)")
+            else:
+                export_openvino(em.float().cpu(), im.float().cpu(), file, metadata, dynamic=dynamic)
+                diff = compare(openvino_output(file, im, half=half), want, max(checked), label, tol)
             em.to(device)
         else:
             metadata = export_metadata(model, checked, batch_size, dynamic, half_files, fmt, weights)
@@ -182,6 +204,9 @@ def parse_opt(argv=None):
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph (needs onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the one ultralytics picks)")
     parser.add_argument("--output", type=str, default=None, help="folder the exports go to (default: the weights' folder)")
+    parser.add_argument("--int8", action="store_true", help="OpenVINO: INT8 post-training quantization (NNCF), calibrated on --data")
+    parser.add_argument("--data", type=str, default=None, help="--int8: dataset YAML whose training images calibrate (default data/shapes.yaml)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="--int8: fraction of the training images to calibrate on (at most 300 are used)")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")

@@ -9,6 +9,7 @@ compared on fresh random inputs, not only on the one export.py checks itself wit
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ try:
 except ImportError as e:  # a platform without openvino wheels
     NO_OPENVINO = f"the openvino package cannot be imported here ({e}): OpenVINO export is not tested"
 needs_openvino = pytest.mark.skipif(bool(NO_OPENVINO), reason=NO_OPENVINO)
+
+STYLES = ["cfg/yolov5n.yaml", "cfg/yolov5n-gnconv.yaml", "cfg/yolov5n-horblock.yaml", "cfg/yolov5n-hornet.yaml",
+          "cfg/yolov5n-hornet-gf.yaml", "cfg/yolov5n-horfpn.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -216,21 +220,17 @@ def test_bad_weights_and_formats(tmp_path):
     assert r.returncode == 1 and "none.pt" in r.stdout + r.stderr
 
 
-@pytest.mark.skipif(not (ROOT / "val.py").is_file(), reason="val.py is not in this checkout")
-@pytest.mark.parametrize("cfg", ["cfg/yolov5n-hornet.yaml", "cfg/yolov5n-hornet-gf.yaml"])
-def test_val_map_of_exports_equals_pt(tmp_path, cfg):
-    """val.py gives the same mAP (within 0.01) on the .pt and on each of its exports (dynamic: the same input tensors).
+def pseudo_labelled(tmp_path, cfg, conf: float = 0.6):
+    """A model whose confident head gives the 6 val images of a generated set its own detections as labels.
 
-    An untrained model scores near 0 mAP on real labels, which would make the comparison empty, so the
-    val labels here are the .pt model's own detections (detect.py --save-txt): the .pt then scores a high
-    mAP, and the ONNX file must reproduce it.
-    """
+    An untrained model scores near 0 mAP on real labels, which would make a comparison empty: with the .pt model's
+    own detections (detect.py --save-txt) as labels the .pt scores a high mAP, which an export must reproduce.
+    Returns (weights, data YAML)."""
     import shutil
 
     import yaml
 
     import detect
-    import val
     from utils.shapes import make_shapes_dataset
 
     root = make_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=6, imgsz=96, seed=3)
@@ -239,7 +239,8 @@ def test_val_map_of_exports_equals_pt(tmp_path, cfg):
     # above 0.25 mAP50 (with ConvStem's BatchNorm at init, detect's and val's paddings disagree more); the export of
     # ConvStem itself is checked by the output comparisons above.
     d = load_model_yaml(ROOT / cfg)
-    d["backbone"][0][2] = "HorStem"
+    if d["backbone"][0][2] == "ConvStem":
+        d["backbone"][0][2] = "HorStem"
     model = Model(d, nc=3, verbose=False)
     model.names = dict(NAMES)
     with torch.no_grad():  # objectness ~1, class scores spread over 0.15..0.8 by the image content
@@ -249,7 +250,7 @@ def test_val_map_of_exports_equals_pt(tmp_path, cfg):
             b = conv.bias.view(head.na, head.no)
             b[:, 4], b[:, 5:] = 6.0, 0.0
     weights = save_checkpoint(tmp_path / "model.pt", model)
-    p = detect.run(weights=weights, source=root / "images" / "val", imgsz=[96], conf_thres=0.6, max_det=30,
+    p = detect.run(weights=weights, source=root / "images" / "val", imgsz=[96], conf_thres=conf, max_det=30,
                    save_txt=True, nosave=True, project=tmp_path / "runs", device="cpu")
     labels = root / "labels" / "val"
     shutil.rmtree(labels)
@@ -257,7 +258,18 @@ def test_val_map_of_exports_equals_pt(tmp_path, cfg):
     assert len(list(labels.glob("*.txt"))) == 6
     data = tmp_path / "data.yaml"
     data.write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": dict(NAMES)}))
+    return weights, data
 
+
+
+@pytest.mark.skipif(not (ROOT / "val.py").is_file(), reason="val.py is not in this checkout")
+@pytest.mark.parametrize("cfg", ["cfg/yolov5n-hornet.yaml", "cfg/yolov5n-hornet-gf.yaml"])
+def test_val_map_of_exports_equals_pt(tmp_path, cfg):
+    """val.py gives the same mAP (within 0.01) on the .pt and on each of its exports (dynamic: the same input tensors),
+    on labels that are the .pt model's own detections (pseudo_labelled)."""
+    import val
+
+    weights, data = pseudo_labelled(tmp_path, cfg)
     # --dynamic: val.py validates .pt models on rectangular batches padded to the stride (96 px images run
     # at 128x128); a dynamic export gets those same input tensors, a fixed-size one is letterboxed to its size
     formats = ["onnx", "torchscript"] + ([] if NO_OPENVINO else ["openvino"])
@@ -269,3 +281,42 @@ def test_val_map_of_exports_equals_pt(tmp_path, cfg):
         m = val.run(weights=str(files[fmt]["file"]), data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
         for k in keys:
             assert abs(m[k] - m_pt[k]) <= 0.01, (fmt, k, m_pt[k], m[k])
+
+
+@needs_openvino
+@pytest.mark.parametrize("cfg", STYLES)
+def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
+    """export.py --int8 for every style: no FakeQuantize feeds a Global Filter's own operations (DFT products, complex
+    multiply) or the head's decode, the convolutions are quantized, and the INT8 folder validates in val.py: on the
+    float export's own detections (both at the 96x96 input) it keeps mAP50 above 0.1.
+
+    Not asserted here: INT8 within 0.02 mAP of float. These are untrained networks with a head scaled 30x to make
+    confident pseudo-labels, which amplifies quantization error: measured 0.00-0.59 mAP50 lost depending on the style
+    (docs/runtimes.md). That target belongs to trained models (benchmarks/bench_runtimes.py)."""
+    import val
+    from utils.export import openvino_xml
+    from utils.quantize import fake_quantized_inputs
+
+    weights, data = pseudo_labelled(tmp_path, cfg, conf=0.3)
+    folder = export.run(weights=weights, include=["openvino"], imgsz=[96], int8=True, data=data)["openvino"]["file"]
+    assert folder.name == "model_int8_openvino_model"
+    fed = fake_quantized_inputs(openvino_xml(folder))
+    assert any("aten::_convolution" in name for name in fed)
+    head = f"__module.model.{len(load_model_yaml(ROOT / cfg)['backbone']) + len(load_model_yaml(ROOT / cfg)['head']) - 1}/"
+    fed = {n: v for n, v in fed.items() if "ShapeOf" not in n}  # reading a tensor's shape is no arithmetic on it
+    assert not [n for n in fed if re.search(r"gnconv\.dwconv/", n) and "gf" in cfg] and not [n for n in fed if n.startswith(head)]
+    args = dict(data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
+    square = export.run(weights=weights, include=["openvino"], imgsz=[96])["openvino"]["file"]  # float, same input
+    m_float = val.run(weights=str(square), **args)
+    m_int8 = val.run(weights=str(folder), **args)
+    assert m_float["metrics/mAP50(B)"] > 0.25, m_float
+    assert m_int8["metrics/mAP50(B)"] > 0.1, (m_float["metrics/mAP50(B)"], m_int8["metrics/mAP50(B)"])
+
+
+def test_int8_with_another_format_is_one_line(tmp_path):
+    weights = save_checkpoint(tmp_path / "x.pt", Model(ROOT / "cfg" / "yolov5n.yaml", nc=2, verbose=False))
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(weights), "--include", "onnx", "--int8"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in said and "--int8: INT8 quantization is for OpenVINO exports" in said
