@@ -291,8 +291,8 @@ def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
     float export's own detections (both at the 96x96 input) it keeps mAP50 above 0.1.
 
     Not asserted here: INT8 within 0.02 mAP of float. These are untrained networks with a head scaled 30x to make
-    confident pseudo-labels, which amplifies quantization error: measured 0.00-0.59 mAP50 lost depending on the style
-    (docs/runtimes.md). That target belongs to trained models (benchmarks/bench_runtimes.py)."""
+    confident pseudo-labels, which amplifies quantization error: measured from +0.05 to -0.59 mAP50 depending on the
+    style (docs/export.md#int8). That target belongs to trained models (benchmarks/bench_runtimes.py)."""
     import val
     from utils.export import openvino_xml
     from utils.quantize import fake_quantized_inputs
