@@ -85,6 +85,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--albumentations", type=str, default="", help="albumentations pipeline YAML (albumentations' own format)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the GPUs of a DDP run")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="evolve hyperparameters for x generations (runs/evolve)")
     p.add_argument("--verbose", action="store_true", help="list every tensor --weights transferred, or why not")
     return p.parse_args(argv)
 
@@ -254,6 +255,8 @@ def main(opt: argparse.Namespace, hyp: dict | None = None, callbacks: dict | Non
     (the Python API's). On Ctrl-C raises KeyboardInterrupt whose message says where training stopped and what
     --resume will do.
     """
+    if opt.evolve is not None:
+        return evolve_hyp(opt)
     overrides = overrides_from(opt, hyp)
     trainer = None
     try:
@@ -267,6 +270,18 @@ def main(opt: argparse.Namespace, hyp: dict | None = None, callbacks: dict | Non
             raise KeyboardInterrupt(stop_note(trainer, removed)) from None
         raise
     return trainer
+
+
+def evolve_hyp(opt: argparse.Namespace):
+    """--evolve N: N trainings whose hyperparameters evolve from the recipe's (or --hyp's); see utils/evolve.py."""
+    from utils.evolve import evolve
+
+    if opt.resume:
+        raise ResumeError("--evolve and --resume: an evolution starts new trainings; resume one generation by itself")
+    if opt.evolve < 1:
+        raise HypError(f"--evolve {opt.evolve}: the number of generations must be at least 1")
+    hyp = in_repo(opt.hyp, "data/hyps") or str(recipe_for(model_of(opt)))
+    return evolve(opt, opt.evolve, {**load_hyp(HYP_DEFAULTS), **load_hyp(hyp)}, main)
 
 
 def stop_note(trainer: HorNetTrainer | None, removed: str | None) -> str:

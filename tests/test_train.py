@@ -288,3 +288,24 @@ def test_weights_official_hornet_checkpoint(tmp_path):
     report = HorNetTrainer.load_weights(ours, f)
     assert sorted(report["rows"]) == list(range(1, 8)) and report["unused"] == ["downsample_layers.0"]
     assert any("ConvStem" in why for why in report["not_covered"])
+
+
+def test_evolve_trains_generations_and_writes_the_fittest_hyp(data, tmp_path):
+    """--evolve 2: two trainings in runs/evolve/exp/gen0, gen1; evolve.csv has a row each (the first with the recipe's
+    values, the second mutated within the ranges); hyp_evolve.yaml is a hyp file with the fittest generation's values."""
+    import csv
+
+    from utils.evolve import SPACE
+
+    folder = train.main(train.parse_opt(["--cfg", "cfg/yolov5n.yaml", "--data", str(data), "--evolve", "2",
+                                         "--epochs", "1", "--project", str(tmp_path / "train"), *FAST]))
+    assert folder == tmp_path / "evolve" / "exp" and (folder / "gen0" / "weights" / "best.pt").is_file()
+    rows = list(csv.DictReader(open(folder / "evolve.csv")))
+    assert [r["generation"] for r in rows] == ["0", "1"]
+    recipe = {**load_hyp(ROOT / "data/hyps/hyp.scratch-low.yaml"), **load_hyp(ROOT / "data/hyps/hyp.scratch-adamw.yaml")}
+    assert all(float(rows[0][k]) == pytest.approx(recipe[k], rel=1e-5) for k in SPACE if k in recipe)
+    assert any(float(rows[1][k]) != pytest.approx(float(rows[0][k]), rel=1e-5) for k in SPACE if k in rows[1])
+    assert all(SPACE[k][0] <= float(rows[1][k]) <= SPACE[k][1] for k in SPACE if k in rows[1])
+    best = max(rows, key=lambda r: float(r["fitness"]))
+    evolved = load_hyp(folder / "hyp_evolve.yaml")
+    assert all(evolved[k] == pytest.approx(float(best[k]), rel=1e-4) for k in evolved)
