@@ -8,8 +8,9 @@ Speed: each model is built from its YAML (random weights, 80 classes), fused as 
 to ONNX and OpenVINO by export.py's own functions, at each size. Then ms/image, batch 1, `--threads` threads
 everywhere, median of `--runs` calls per runtime, the runtimes interleaved call by call (a neighbour's load hits
 all alike): PyTorch eager with models/cpu_kernels.py off (the plain layers) and on (what detect.py runs), ONNX
-Runtime, OpenVINO float32, and OpenVINO in the CPU's reduced precision (bf16 where the CPU has it). Ratios are
-to PyTorch eager with the kernels on. Post-processing (NMS) is not included: it is the same for all.
+Runtime, OpenVINO float32, OpenVINO in the CPU's reduced precision (bf16 where the CPU has it), and OpenVINO INT8
+(export.py --int8, calibrated on 60 images of the embedded set; float parts in float32). Ratios are to PyTorch eager
+with the kernels on. Post-processing (NMS) is not included: it is the same for all.
 
 mAP (`--weights`): each trained checkpoint exported with --dynamic (so that every runtime gets the same
 rectangular batches as the .pt: a fixed-size export would be letterboxed differently), then val.py on `--data`
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 
 from models import cpu_kernels  # noqa: E402
 from models.yolo import Model, find_model_yaml  # noqa: E402
+from utils.quantize import quantize_openvino  # noqa: E402
 from utils.export import (  # noqa: E402
     compile_openvino,
     export_metadata,
@@ -42,7 +44,7 @@ from utils.export import (  # noqa: E402
 )
 
 STYLES = ("", "-gnconv", "-horblock", "-hornet", "-hornet-gf", "-horfpn")
-RUNTIMES = ("eager, plain layers", "eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO reduced")
+RUNTIMES = ("eager, plain layers", "eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO reduced", "OpenVINO INT8")
 
 
 def runners(model: torch.nn.Module, size: int, folder: Path, threads: int) -> dict:
@@ -55,11 +57,13 @@ def runners(model: torch.nn.Module, size: int, folder: Path, threads: int) -> di
     meta = export_metadata(model, [size, size], 1, False, False, "onnx", folder / "model.pt")
     onnx_file = export_onnx(em, im, folder / f"m{size}.onnx", meta)
     ov_folder = export_openvino(em, im, folder / f"m{size}_openvino_model", meta)
+    int8_folder = quantize_openvino(ov_folder, model, ROOT / "data" / "shapes.yaml", (size, size), 0.1, folder / f"m{size}_int8_openvino_model")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     x = im.numpy()
     compiled = {half: compile_openvino(ov_folder, half=half, threads=threads) for half in (False, True)}
+    int8 = compile_openvino(int8_folder, half=False, threads=threads)  # as val.py and detect.py run it
 
     def eager(kernels: bool):
         def run():
@@ -74,6 +78,7 @@ def runners(model: torch.nn.Module, size: int, folder: Path, threads: int) -> di
         "ONNX Runtime": lambda: session.run(None, {"images": x}),
         "OpenVINO f32": lambda: compiled[False](x),
         "OpenVINO reduced": lambda: compiled[True](x),
+        "OpenVINO INT8": lambda: int8(x),
     }
 
 
@@ -108,7 +113,7 @@ def map_table(opt) -> None:
     import val
 
     print(f"\nval mAP50-95 on {opt.data} at {opt.img} px (dynamic exports)\n")
-    print("| weights | .pt | ONNX Runtime | OpenVINO f32 | OpenVINO reduced | largest difference |\n|---|---:|---:|---:|---:|---:|")
+    print("| weights | .pt | ONNX Runtime | OpenVINO f32 | OpenVINO reduced | OpenVINO INT8 | largest difference |\n|---|---:|---:|---:|---:|---:|---:|")
     key = "metrics/mAP50-95(B)"
     for w in opt.weights:
         w = Path(w)
@@ -121,13 +126,15 @@ def map_table(opt) -> None:
             half_pt.write_bytes(w.read_bytes())
             files = export.run(weights=pt, include=["onnx", "openvino"], imgsz=[opt.img], dynamic=True)
             files_half = export.run(weights=half_pt, include=["openvino"], imgsz=[opt.img], half=True, dynamic=True)
+            files_int8 = export.run(weights=pt, include=["openvino"], imgsz=[opt.img], dynamic=True, int8=True, data=opt.data)
             results = {}
             for label, f in ((".pt", pt), ("onnx", files["onnx"]["file"]), ("ov", files["openvino"]["file"]),
-                             ("ov-half", files_half["openvino"]["file"])):
+                             ("ov-half", files_half["openvino"]["file"]), ("ov-int8", files_int8["openvino"]["file"])):
                 m = val.run(weights=str(f), data=opt.data, imgsz=opt.img, batch_size=1, workers=0, project=str(Path(d) / "val"))
                 results[label] = m[key]
-        diff = max(abs(results[k] - results[".pt"]) for k in ("onnx", "ov", "ov-half"))
-        print(f"| {w} | {results['.pt']:.4f} | {results['onnx']:.4f} | {results['ov']:.4f} | {results['ov-half']:.4f} | {diff:.4f} |", flush=True)
+        diff = max(abs(results[k] - results[".pt"]) for k in ("onnx", "ov", "ov-half", "ov-int8"))
+        print(f"| {w} | {results['.pt']:.4f} | {results['onnx']:.4f} | {results['ov']:.4f} | {results['ov-half']:.4f} | "
+              f"{results['ov-int8']:.4f} | {diff:.4f} |", flush=True)
 
 
 def main():
