@@ -30,6 +30,7 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset, verify_image_label
 from ultralytics.utils import LOGGER
 
+from models.safe_yaml import short
 from utils import shapes
 
 ROOT = Path(__file__).resolve().parents[1]  # repository root
@@ -50,13 +51,13 @@ def check_data_dict(file, raw) -> None:
     The engine asserts or raises KeyError/SyntaxError on these (names with a gap, nc against names, ...).
     """
     if not isinstance(raw, dict):
-        raise DataConfigError(f"data YAML {file}: must be a mapping with train:, val: and names:, got {type(raw).__name__} {str(raw)[:60]!r}")
+        raise DataConfigError(f"data YAML {file}: must be a mapping with train:, val: and names:, got {type(raw).__name__} {short(raw)}")
     for key in ("train", "val"):
         if key not in raw and not (key == "val" and "validation" in raw):
             raise DataConfigError(f"data YAML {file}: no '{key}:' key (the {key} images: a folder, a .txt list or a list of those)")
     nc, names = raw.get("nc"), raw.get("names")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise DataConfigError(f"data YAML {file}: 'nc' must be a positive integer, got {nc!r}")
+        raise DataConfigError(f"data YAML {file}: 'nc' must be a positive integer, got {short(nc)}")
     if names is None:
         if nc is None:
             raise DataConfigError(f"data YAML {file}: no 'names:' (the class names, a list or {{0: name, 1: name, ...}})")
@@ -70,10 +71,10 @@ def check_data_dict(file, raw) -> None:
         except (TypeError, ValueError):
             keys = None
         if keys is None or len(keys) != len(names):
-            raise DataConfigError(f"data YAML {file}: 'names' keys must be class indices 0, 1, 2, ..., got {list(names)[:8]}")
+            raise DataConfigError(f"data YAML {file}: 'names' keys must be class indices 0, 1, 2, ..., got {short(list(names))}")
         values = list(names.values())
     else:
-        raise DataConfigError(f"data YAML {file}: 'names' must be a list of class names or {{0: name, 1: name, ...}}, got {names!r}")
+        raise DataConfigError(f"data YAML {file}: 'names' must be a list of class names or {{0: name, 1: name, ...}}, got {short(names)}")
     if not values:
         raise DataConfigError(f"data YAML {file}: 'names' is empty: give at least one class name")
     if keys != list(range(len(values))):
@@ -82,7 +83,7 @@ def check_data_dict(file, raw) -> None:
                               f"(no class {gaps[0] if gaps else keys[0]})")
     bad = next((v for v in values if isinstance(v, (list, dict)) or v is None), "ok")
     if bad != "ok":
-        raise DataConfigError(f"data YAML {file}: each class name must be a single word or string, got {bad!r}")
+        raise DataConfigError(f"data YAML {file}: each class name must be a single word or string, got {short(bad)}")
     if nc is not None and nc != len(values):
         raise DataConfigError(f"data YAML {file}: nc: {nc} disagrees with its {len(values)} names")
 
@@ -103,8 +104,12 @@ def read_data_yaml(path) -> tuple[Path, dict]:
         )
     import yaml
 
+    from models.safe_yaml import YAMLTooLarge, load_yaml
+
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = load_yaml(file.read_text(), f"data YAML {file}") or {}
+    except YAMLTooLarge as e:
+        raise DataConfigError(str(e)) from None
     except yaml.YAMLError as e:
         from models.yolo import yaml_problem
 

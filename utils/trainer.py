@@ -41,6 +41,7 @@ from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
+from models.safe_yaml import YAMLTooLarge, load_yaml, load_yaml_file, short
 from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, read_weights, weights_format
 from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
 from utils import ddp
@@ -102,9 +103,11 @@ def load_hyp(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"hyp file not found: {path}")
     try:
-        hyp = yaml.safe_load(path.read_text()) or {}
+        hyp = load_yaml(path.read_text(), path) or {}
     except yaml.YAMLError as e:
         raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    except YAMLTooLarge as e:
+        raise HypError(str(e)) from None
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     return check_hyp(hyp, path)
@@ -121,10 +124,10 @@ def check_hyp(hyp: dict, source) -> dict:
                 pass
         if k == "optimizer":
             if v not in {"SGD", "Adam", "AdamW"}:
-                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {v!r}")
+                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {short(v)}")
         elif k == "cls_pw":  # every YOLOv5 hyp file has 1.0 (no effect); other values have no equivalent here
             if v != 1.0:
-                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {v!r}")
+                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {short(v)}")
         elif k not in HYP_KEYS:
             import difflib
 
@@ -133,10 +136,10 @@ def check_hyp(hyp: dict, source) -> dict:
             known = ", ".join((*HYP_KEYS, *HYP_FILE_ONLY))
             raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {known}")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
+            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {short(v)}")
         elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
             low, high = HYP_RANGES[k]
-            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {v!r}")
+            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {short(v)}")
     return hyp
 
 
@@ -300,8 +303,8 @@ def other_run(last, ckpt: dict) -> str | None:
     run_dir = last.resolve().parent.parent
     args = ckpt.get("train_args") or {}
     try:
-        here = yaml.safe_load((run_dir / "args.yaml").read_text()) if (run_dir / "args.yaml").is_file() else None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        here = load_yaml_file(run_dir / "args.yaml") if (run_dir / "args.yaml").is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, YAMLTooLarge):
         here = None
     here = here if isinstance(here, dict) else None
     csv = run_dir / "results.csv"
