@@ -19,12 +19,14 @@ import logging
 import math
 import os
 import pickle
+import random
 import tempfile
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from ultralytics.data import build as ul_build
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset, verify_image_label
@@ -395,6 +397,18 @@ class CheckedYOLODataset(YOLODataset):
     warnings) whenever the cache is read.
     """
 
+    sample_seed = None  # set by the trainer: augmentation seeded per (seed, epoch, image) for EpochIndex indices
+
+    def __getitem__(self, index):
+        """The engine's sample; for an EpochIndex, with Python's and numpy's random state seeded by (seed, epoch,
+        image), so that an epoch's augmentation does not depend on what ran before it (a resumed run matches)."""
+        epoch = getattr(index, "epoch", None)
+        if epoch is not None and self.sample_seed is not None:
+            s = sample_seed(self.sample_seed, epoch, int(index))
+            random.seed(s)
+            np.random.seed(s)
+        return super().__getitem__(int(index))
+
     def verify_args(self) -> tuple:
         """ultralytics' per-image verification, with `verify_image_label` replaced by the row-checking version."""
         func, iterable = super().verify_args()
@@ -423,6 +437,43 @@ class CheckedYOLODataset(YOLODataset):
             return super().get_labels()
         finally:
             LOGGER.removeFilter(warn)
+
+
+class EpochIndex(int):
+    """A dataset index that carries the epoch it is drawn for (to the loader's worker processes too)."""
+
+    def __new__(cls, value: int, epoch: int):
+        self = super().__new__(cls, value)
+        self.epoch = epoch
+        return self
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled training order that is a function of (seed, epoch) alone: each pass over it is the next epoch.
+
+    The engine's loader draws its order from one generator that runs on from epoch 0, so a resumed run would draw
+    epoch 1's order again. The loader asks for an epoch's order before that epoch starts (its workers prefetch), so
+    passes are counted here; `epoch` is set where the loader's iterator is made anew (resume, close_mosaic).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return iter([EpochIndex(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The random seed of one training sample's augmentation."""
+    return ((int(seed) * 1_000_003 + epoch) * 1_000_003 + index) % 2**32
 
 
 _BUILD_LOCK = threading.Lock()
