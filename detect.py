@@ -82,6 +82,7 @@ def run(
     vid_stride=1,
     stream_buffer=False,
     track=None,
+    stream_timeout=10.0,
 ):
     """Detect objects in `source` with `weights`; returns the predictor (its `save_dir`, `results`, `speed`...).
 
@@ -94,7 +95,7 @@ def run(
         warn_overwrite(Path(project).resolve() / name)
     save_dir = increment_run_dir(Path(project).resolve(), name, exist_ok)  # exp, exp2, ...: made here, one per run
     try:
-        source = resolve_source(source if source is not None else default_source(data), save_dir)
+        source = resolve_source(source if source is not None else default_source(data), save_dir, stream_timeout)
         if view_img and not check_imshow(warn=False):
             LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
             view_img = False
@@ -192,10 +193,13 @@ def parse_opt(argv=None):
     parser.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU); OpenVINO on a CPU: its reduced precision (bfloat16)")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     parser.add_argument("--stream-buffer", action="store_true", help="webcams/streams: keep every frame (default: the newest, for low latency)")
+    parser.add_argument("--stream-timeout", type=float, default=10.0, help="seconds a stream URL (rtsp, rtmp, http, tcp) may take to open")
     parser.add_argument("--track", nargs="?", const="bytetrack.yaml", default=None, help="track objects across frames: bytetrack.yaml (default) or botsort.yaml")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")
+    if not opt.stream_timeout > 0:
+        parser.error(f"--stream-timeout must be > 0 seconds, got {opt.stream_timeout}")
     if opt.vid_stride < 1:
         parser.error("--vid-stride must be >= 1")
     return opt

@@ -558,3 +558,30 @@ def test_resume_tells_runs_apart_without_run_ids(tmp_path):
     assert "args.yaml is another run's (cfg/yolov5n.yaml, started in" in other_run(last, copied_in)
     anchor_free = {**same, "train_metrics": {"val/dfl_loss": 0.4, "fitness": 0.1}}
     assert "results.csv has no val/dfl_loss column" in other_run(last, anchor_free)
+
+
+def test_a_stream_server_that_never_answers_is_one_line_within_the_timeout(mistakes, tmp_path):
+    """An RTSP server (127.0.0.1) that accepts and sends nothing: detect.py ends within --stream-timeout (default
+    10 s, OpenCV's own wait is 30 s and more) with one line naming the URL, and leaves no run folder."""
+    import socket
+
+    import detect
+
+    assert detect.parse_opt([]).stream_timeout <= 10
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    url = f"rtsp://127.0.0.1:{server.getsockname()[1]}/live"
+    start_time = time.time()
+    r = subprocess.run([sys.executable, "detect.py", "--weights", str(mistakes["best"]), "--source", url, "--stream-timeout", "2",
+                        "--project", str(tmp_path / "detect")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    took = time.time() - start_time
+    server.close()
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert held, "detect.py never connected"
+    assert f"stream {url} did not open within 2s" in said.strip().splitlines()[-1], said[-2000:]
+    assert took < 20, took  # start-up plus 2 s, not OpenCV's 30 s
+    assert not list((tmp_path / "detect").glob("*"))
