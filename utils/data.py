@@ -37,7 +37,7 @@ from utils import shapes
 
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 DATA_DIR = ROOT / "data"
-ROW_CHECK_VERSION = "rows-1"  # part of the label cache hash: caches written without row checks are rebuilt
+ROW_CHECK_VERSION = "rows-2"  # part of the label cache hash: caches written without row checks are rebuilt
 _SKIPPED_ROWS = "skipped bad label rows"  # text our messages carry (see _WarnScanMessages)
 _CORRUPT = "ignoring corrupt image/label"  # text of ultralytics' message for files it drops
 
@@ -294,7 +294,10 @@ def verify_image_label_rows(args: tuple):
     """
     im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim, single_cls = args
     good, bad = _split_rows(lb_file, num_cls, single_cls, nkpt, ndim) if not keypoint else ([], [])
-    if not bad:  # nothing to skip (or pose labels, or a missing/unreadable label file): ultralytics as it is
+    mixed = bool(good) and nkpt == 0 and {len(r.split()) == 5 for r in good} == {True, False}
+    if mixed:  # the engine reads a file with any polygon as all polygons, and a box row is no polygon
+        good = [_box_as_polygon(r) if len(r.split()) == 5 else r for r in good]
+    if not bad and not mixed:  # nothing to change (or pose labels, or a missing/unreadable label file): ultralytics as it is
         return _explain_drop(list(verify_image_label(args)), im_file, prefix)
 
     # Hand ultralytics a copy with the good rows only, so all its other checks (duplicates, segments) still apply.
@@ -304,9 +307,17 @@ def verify_image_label_rows(args: tuple):
         result = list(verify_image_label((im_file, str(clean), prefix, keypoint, num_cls, nkpt, ndim, single_cls)))
     result[-1] = result[-1].replace(str(clean), str(lb_file))
     result = _explain_drop(result, im_file, prefix)
-    note = f"{prefix}{lb_file}: {_SKIPPED_ROWS} ({len(bad)} of {len(bad) + len(good)}, rest kept): " + "; ".join(bad)
+    note = f"{prefix}{lb_file}: {_SKIPPED_ROWS} ({len(bad)} of {len(bad) + len(good)}, rest kept): " + "; ".join(bad) if bad else ""
     result[-1] = "\n".join(m for m in (result[-1], note) if m)
     return result if result[0] is None else tuple(result)
+
+
+def _box_as_polygon(row: str) -> str:
+    """`c x y w h` as the 4-corner polygon of the same box."""
+    c, x, y, w, h = row.split()
+    x, y, w, h = map(float, (x, y, w, h))
+    x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
+    return f"{c} {x1:.6g} {y1:.6g} {x2:.6g} {y1:.6g} {x2:.6g} {y2:.6g} {x1:.6g} {y2:.6g}"
 
 
 def _split_rows(lb_file: str, num_cls: int, single_cls: bool, nkpt: int, ndim: int) -> tuple[list[str], list[str]]:
@@ -425,11 +436,42 @@ class CheckedYOLODataset(YOLODataset):
                            "the labels are scanned anew")
         return super()._load_or_scan_cache(cache_path, cache_hash)
 
+    def get_img_files(self, img_path):
+        """The engine's image list, each file once: a symlink loop (or a link to a folder listed already) reaches the
+        same files again under ever longer paths, and the engine would take every path for another image."""
+        files = super().get_img_files(img_path)
+        shortest: dict[str, str] = {}
+        for f in files:
+            real = os.path.realpath(f)
+            if real not in shortest or len(f) < len(shortest[real]):
+                shortest[real] = f
+        if len(shortest) < len(files):
+            LOGGER.warning(f"{self.prefix}{img_path}: {len(files) - len(shortest)} image paths lead to files listed already "
+                           f"(a symlink loop or a link to another listed folder): each of the {len(shortest)} images is used once")
+            keep = set(shortest.values())
+            files = [f for f in files if f in keep]
+        return files
+
+    def get_labels(self) -> list[dict]:
+        """ultralytics' get_labels; first one line per label file that two images (a.jpg, a.png) would share."""
+        from ultralytics.data.utils import img2label_paths
+
+        by_label: dict[str, list[str]] = {}
+        for im, lb in zip(self.im_files, img2label_paths(self.im_files)):
+            by_label.setdefault(lb, []).append(im)
+        shared = {lb: ims for lb, ims in by_label.items() if len(ims) > 1}
+        for lb, ims in list(shared.items())[:5]:
+            LOGGER.warning(f"{self.prefix}{lb} is the label file of {len(ims)} images ({', '.join(Path(i).name for i in ims)}): "
+                           f"each of them takes its boxes; rename all but one image if they are different pictures")
+        if len(shared) > 5:
+            LOGGER.warning(f"{self.prefix}{len(shared) - 5} more label files are shared by several images")
+        return self._get_labels_warned()
+
     def get_cache_hash(self) -> str:
         """ultralytics' cache hash, salted so that a cache written by plain ultralytics is not reused."""
         return hashlib.sha256(f"{super().get_cache_hash()}|{ROW_CHECK_VERSION}".encode()).hexdigest()
 
-    def get_labels(self) -> list[dict]:
+    def _get_labels_warned(self) -> list[dict]:
         """ultralytics' get_labels, with the scan report about skipped rows and dropped files logged as warnings."""
         warn = _WarnScanMessages()
         LOGGER.addFilter(warn)
