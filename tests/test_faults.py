@@ -128,6 +128,21 @@ def test_ctrl_c_says_where_it_stopped_and_what_resume_does(tiny_data, tmp_path):
             assert "nothing to resume" in line and f"{project / name} removed" in line and not (project / name).exists()
 
 
+def test_sigterm_in_the_first_epoch_says_so_and_removes_the_empty_run_folder(tiny_data, tmp_path):
+    """kill (SIGTERM) before the first checkpoint: one line as for Ctrl-C, the folder it made removed, exit 143."""
+    project = tmp_path / "runs"
+    proc = start(train_cmd("--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", "200", "--img", "64",
+                           "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project)))
+    while proc.poll() is None and not (project / "exp" / "args.yaml").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train.py: stopped (SIGTERM)") and f"{project / 'exp'} removed" in line, line
+    assert not (project / "exp").exists()
+
+
 def test_results_csv_trimmed_to_the_checkpoint(tmp_path):
     """keep_epochs drops rows after last.pt's epoch and a torn last row, and keeps the header and the rest."""
     csv = tmp_path / "results.csv"
@@ -197,12 +212,20 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     head = [list(r) for r in ckpt["model_yaml"]["head"]]
     head[-1][2] = "Detectt"
     torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "head": head}}, d / "badrow.pt")
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
+    (d / "bomb.yaml").write_text(bomb + "nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
+    (d / "bomb-hyp.yaml").write_text(bomb)
+    (d / "bomb-data.yaml").write_text(bomb + f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\nnames: [a]\n")
+    cfg = (ROOT / "cfg" / "yolov5n.yaml").read_text()
+    (d / "depth-negative.yaml").write_text(re.sub(r"(?m)^depth_multiple:.*$", "depth_multiple: -1", cfg))
+    (d / "depth-word.yaml").write_text(re.sub(r"(?m)^depth_multiple:.*$", "depth_multiple: big", cfg))
+    (d / "depths.yaml").write_text("nc: 3\nbackbone: [[-1, 1, HorNet, [64, 0, 3, [100000, 3, 18, 2], 64]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
     data = (d / "data")
     data.mkdir()
     base = f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\n"
     for name, text in DATA_YAMLS.items():
         (data / f"{name}.yaml").write_text(text.format(base=base))
-    return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
+    return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data, "images": tiny_data.parent / "images" / "val"}
 
 
 # Data YAMLs that describe no dataset ({base}: path, train and val of the tiny set); each is one line in train.py and val.py
@@ -265,6 +288,16 @@ MISTAKES = {
     "train-badrow": ("train.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "val-badrow": ("val.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "export-badrow": ("export.py", "--weights {dir}/badrow.pt", "badrow.pt: its model YAML (made from "),
+    "train-bomb-cfg": ("train.py", "--cfg {dir}/bomb.yaml --data {data}", "bomb.yaml: refused: its aliases expand it past 1,000,000 values"),
+    "train-bomb-hyp": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --hyp {dir}/bomb-hyp.yaml", "bomb-hyp.yaml: refused: its aliases"),
+    "train-bomb-data": ("train.py", "--cfg cfg/yolov5n.yaml --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
+    "val-bomb-data": ("val.py", "--weights {best} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
+    "train-depth-negative": ("train.py", "--cfg {dir}/depth-negative.yaml --data {data}", "depth-negative.yaml: depth_multiple: must be a number in (0, 16], got -1"),
+    "train-depth-word": ("train.py", "--cfg {dir}/depth-word.yaml --data {data}", "depth-word.yaml: depth_multiple: must be a number in (0, 16], got 'big'"),
+    "train-hornet-depths": ("train.py", "--cfg {dir}/depths.yaml --data {data}", "HorNet depths[0] is 100000: a stage may have at most 1000 blocks"),
+    "detect-classes": ("detect.py", "--weights {best} --source {images} --classes 2 99", "--classes 99: best.pt has 6 classes (0..5"),
+    **({"train-mps": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --device mps", "--device mps: Apple's MPS is not available")}
+       if not torch.backends.mps.is_available() else {}),
     **{f"train-data-{k}": ("train.py", f"--cfg cfg/yolov5n.yaml --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
        for k in ("names-gap", "nc-names", "top-list", "no-train")},
     **{f"val-data-{k}": ("val.py", f"--weights {{best}} --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
@@ -284,16 +317,17 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
             argv += ["--epochs", "1", "--img", "64", "--workers", "0"]
         argv += args.format(**mistakes).split()  # after the defaults: a case's own flags win
         r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        return case, r, expected.format(**mistakes), project
+        return case, script, r, expected.format(**mistakes), project
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(attempt, MISTAKES))
     failures = []
-    for case, r, expected, project in results:
+    for case, script, r, expected, project in results:
         said = r.stdout + r.stderr  # detect.py and export.py report through the ultralytics logger (stdout)
         lines = [line for line in said.splitlines() if expected in line]
         left = [p for p in project.glob("*") if p.is_dir()] if project.is_dir() else []
-        if r.returncode != 1 or "Traceback" in said or not lines or left:
+        saved_then_removed = script == "detect.py" and "Results saved to" in said  # the folder is gone
+        if r.returncode != 1 or "Traceback" in said or not lines or left or saved_then_removed or max(map(len, lines), default=0) > 1000:
             failures.append(f"{case}: exit {r.returncode}, left {left}, output tail:\n{said[-1500:]}")
     assert not failures, "\n\n".join(failures)
     assert not (d / "MARKER").exists(), "a checkpoint ran code"

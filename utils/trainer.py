@@ -151,6 +151,10 @@ def check_device(device) -> None:
     """Raise DeviceError naming --device when this machine cannot run on it."""
     if device in (None, "", "cpu"):
         return
+    if str(device).strip().lower() in {"mps", "mps:0"} and not torch.backends.mps.is_available():
+        # the engine falls back to the CPU without a word here, while it refuses a missing CUDA device
+        raise DeviceError(f"--device {device}: Apple's MPS is not available on this machine (torch "
+                          f"{torch.__version__}; it needs macOS on Apple silicon): use --device cpu")
     from ultralytics.utils.torch_utils import select_device
 
     try:
