@@ -111,6 +111,10 @@ def run(
         warn_overwrite(Path(project).resolve() / name)
     save_dir = increment_run_dir(Path(project).resolve(), name, exist_ok)  # exp, exp2, ...: made here, one per run
     try:
+        if data:  # checked (and bounded) before the engine reads it with its own loader
+            from utils.data import read_data_yaml
+
+            data = read_data_yaml(data)[0]
         source = resolve_source(source if source is not None else default_source(data), save_dir, stream_timeout)
         if view_img and not check_imshow(warn=False):
             LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")

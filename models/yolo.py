@@ -206,7 +206,7 @@ def parse_model(d: dict, ch, verbose: bool = True):
         raise ModelConfigError(f"{source}: 'nc' must be a positive integer, got {short(nc)}")
     unknown = [k for k in d if k not in YAML_KEYS]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), YAML_KEYS, n=1)
+        close = difflib.get_close_matches(str(unknown[0])[:100], YAML_KEYS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelConfigError(f"{source}: unknown key {short(unknown[0])} ({hint}a detection model YAML has: {', '.join(YAML_KEYS[:-3])})")
     depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), 1 << 30

@@ -295,6 +295,7 @@ MISTAKES = {
     "train-depth-negative": ("train.py", "--cfg {dir}/depth-negative.yaml --data {data}", "depth-negative.yaml: depth_multiple: must be a number in (0, 16], got -1"),
     "train-depth-word": ("train.py", "--cfg {dir}/depth-word.yaml --data {data}", "depth-word.yaml: depth_multiple: must be a number in (0, 16], got 'big'"),
     "train-hornet-depths": ("train.py", "--cfg {dir}/depths.yaml --data {data}", "HorNet depths[0] is 100000: a stage may have at most 1000 blocks"),
+    "detect-bomb-data": ("detect.py", "--weights {best} --source {images} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
     "detect-classes": ("detect.py", "--weights {best} --source {images} --classes 2 99", "--classes 99: best.pt has 6 classes (0..5"),
     **({"train-mps": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --device mps", "--device mps: Apple's MPS is not available")}
        if not torch.backends.mps.is_available() else {}),
@@ -619,3 +620,32 @@ def test_a_stream_server_that_never_answers_is_one_line_within_the_timeout(mista
     assert f"stream {url} did not open within 2s" in said.strip().splitlines()[-1], said[-2000:]
     assert took < 20, took  # start-up plus 2 s, not OpenCV's 30 s
     assert not list((tmp_path / "detect").glob("*"))
+
+
+def test_huge_values_and_rows_are_refused_quickly_in_short_lines(tmp_path):
+    """A 10 MB value in a model, hyp or data YAML: a line of at most a few hundred characters, in seconds; rows that
+    would build too much (HorNet depths [2, 3, 100000, 2], a million channels) refused before building."""
+    from models.yolo import ModelConfigError, Model
+    from utils.data import DataConfigError, read_data_yaml
+    from utils.trainer import HypError, load_hyp
+
+    huge = "x" * 10_000_000
+    files = {
+        "model.yaml": (f"nc: 3\nbackbone: [[-1, 1, Conv, [{huge}, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n", ModelConfigError, Model),
+        "hyp.yaml": (f"lr0: {huge}\n", HypError, load_hyp),
+        "data.yaml": (f"train: a\nval: b\nnames: {huge}\n", DataConfigError, read_data_yaml),
+    }
+    for name, (text, error, read) in files.items():
+        (tmp_path / name).write_text(text)
+        began = time.time()
+        with pytest.raises(error) as e:
+            read(str(tmp_path / name))
+        assert len(str(e.value)) < 600 and str(tmp_path / name) in str(e.value), (name, str(e.value)[:600])
+        assert time.time() - began < 30, name
+    stage = [-1, 1, "HorNet", [256, 2, 3, [2, 3, 100000, 2], 64]]
+    wide = [-1, 1, "Conv", [1_000_000, 3, 2]]
+    for row, says in ((stage, "a stage may have at most 1000 blocks"), (wide, "more than the 8192 channels a row may have")):
+        began = time.time()
+        with pytest.raises(ModelConfigError, match=re.escape(says)):
+            Model({"nc": 3, "backbone": [row], "head": [[-1, 1, "Detect", ["nc"]]]}, verbose=False)
+        assert time.time() - began < 5

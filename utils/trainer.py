@@ -131,10 +131,10 @@ def check_hyp(hyp: dict, source) -> dict:
         elif k not in HYP_KEYS:
             import difflib
 
-            close = difflib.get_close_matches(str(k), HYP_KEYS, n=1)
+            close = difflib.get_close_matches(str(k)[:100], HYP_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join((*HYP_KEYS, *HYP_FILE_ONLY))
-            raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {known}")
+            raise HypError(f"{path}: unknown hyperparameter {short(k)}{hint}; known keys: {known}")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
             raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {short(v)}")
         elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
