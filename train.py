@@ -279,7 +279,10 @@ def stop_note(trainer: HorNetTrainer | None, removed: str | None) -> str:
     if trainer.last.is_file():
         from models.yolo import read_checkpoint
 
-        saved = read_checkpoint(trainer.last).get("epoch", -1) + 1
+        ckpt = read_checkpoint(trainer.last)
+        if ckpt.get("final_val") == "pending":
+            return f"stopped ({by}) in the final validation; python train.py --resume {trainer.last} runs it"
+        saved = ckpt.get("epoch", -1) + 1
         return f"{where}; python train.py --resume {trainer.last} goes on from epoch {saved + 1}"
     return f"{where}, before the first checkpoint (written after each epoch): nothing to resume{gone}"
 

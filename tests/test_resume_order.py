@@ -83,9 +83,10 @@ def test_a_run_stopped_in_its_final_validation_finishes_it_on_resume(tiny, tmp_p
             finals.append(validator)
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         train.main(args(tiny, tmp_path, "exp", 1), callbacks={**_callbacks(), "on_val_start": [stop_in_final_validation]})
     last = tmp_path / "exp" / "weights" / "last.pt"
+    assert str(stop.value) == f"stopped (Ctrl-C) in the final validation; python train.py --resume {last} runs it"
     assert len(finals) == 1 and read_checkpoint(last)["final_val"] == "pending"
     trainer = train.main(train.parse_opt(["--resume", str(last)]))
     assert read_checkpoint(last)["final_val"] == "done"

@@ -165,8 +165,8 @@ def resolve_source(source, save_dir: Path | None = None, stream_timeout: float =
         else:
             urls = [source]
         for url in urls:
-            if url.lower().startswith(STREAM_PREFIXES):
-                probe_stream(url, stream_timeout)
+            if url.lower().startswith(STREAM_PREFIXES) and not re.search(r"youtube\.com/|youtu\.be/", url.lower()):
+                probe_stream(url, stream_timeout)  # YouTube pages go through the engine's own downloader
         return source
     if "*" in source:
         if not glob.glob(source, recursive=True):
@@ -192,7 +192,7 @@ def resolve_source(source, save_dir: Path | None = None, stream_timeout: float =
             for e in entries:
                 if e.isnumeric():
                     probe_camera(int(e))
-                else:
+                elif not re.search(r"youtube\.com/|youtu\.be/", e.lower()):
                     probe_stream(e, stream_timeout)
             out = Path(save_dir or path.parent) / f"{path.stem}.streams"
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -782,8 +782,9 @@ class HorNetTrainer(DetectionTrainer):
     def final_validation_only(self):
         """The final validation of a run whose training ended before it completed (what final_eval does after the
         last epoch), on this process's device."""
-        if self.last.is_file() and read_checkpoint(self.last).get("optimizer") is not None:
-            write_checkpoint(self.last, {**read_checkpoint(self.last), "optimizer": None, "final_val": "pending"})
+        for f in (self.last, self.best):  # as final_eval leaves them: no optimizer state
+            if f.is_file() and read_checkpoint(f).get("optimizer") is not None:
+                write_checkpoint(f, {**read_checkpoint(f), "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
         if not self.best.is_file():
             raise ResumeError(f"--resume {self.last}: training is done but {self.best} is missing: nothing to validate")
         self.validator = HorNetValidator(save_dir=self.save_dir, args={**vars(self.args), "mode": "val", "compile": False},
