@@ -15,10 +15,9 @@ def tiny(tmp_path_factory):
 def args(data, project, name, epochs):
     import train
 
-    opt = train.parse_opt(["--cfg", "cfg/yolov5n.yaml", "--data", str(data), "--epochs", str(epochs), "--img", "64",
-                           "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project),
-                           "--name", name])
-    return opt
+    return train.parse_opt(["--cfg", "cfg/yolov5n.yaml", "--data", str(data), "--epochs", str(epochs), "--img", "64",
+                            "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project),
+                            "--name", name])
 
 
 def recorded(monkeypatch):
@@ -40,7 +39,6 @@ def test_a_resumed_epoch_is_the_uninterrupted_runs_epoch(tiny, tmp_path, monkeyp
     """Epoch 2 after a stop at the end of epoch 1 sees the images, in the order and with the augmentation, of
     epoch 2 of a run that went through; not epoch 1's again (mosaic off: its partners come from an image buffer)."""
     import train
-    from utils.trainer import HorNetTrainer
 
     seen = recorded(monkeypatch)
     hyp = {"mosaic": 0.0}
