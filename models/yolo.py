@@ -277,7 +277,7 @@ def build_rows(rows, ch, depth, scaling, symbols, dialect, source, verbose):
 
             size = row_parameters(build)
             if size is not None and size > MAX_ROW_PARAMS:
-                raise ValueError(f"it would hold {size / 1e9:.1f}e9 parameters, more than the {MAX_ROW_PARAMS / 1e9:.0f}e9 a row may "
+                raise ValueError(f"it would hold {size:,} parameters, more than the {MAX_ROW_PARAMS:,} a row may "
                                  "build (widths or repeats too large?)")
             module, c2 = build()
         except ModelConfigError:

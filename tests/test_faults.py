@@ -644,8 +644,10 @@ def test_huge_values_and_rows_are_refused_quickly_in_short_lines(tmp_path):
         assert time.time() - began < 30, name
     stage = [-1, 1, "HorNet", [256, 2, 3, [2, 3, 100000, 2], 64]]
     wide = [-1, 1, "Conv", [1_000_000, 3, 2]]
-    for row, says in ((stage, "a stage may have at most 1000 blocks"), (wide, "more than the 8192 channels a row may have")):
+    heavy = [[-1, 1, "Conv", [8192, 3, 2]], [-1, 1, "Conv", [8192, 7, 1]]]  # 3.3e9 parameters in row 1
+    for rows, says in (([stage], "a stage may have at most 1000 blocks"), ([wide], "more than the 8192 channels a row may have"),
+                       (heavy, "row 1 [-1, 1, 'Conv', [8192, 7, 1]]: it would hold 3,288,")):
         began = time.time()
         with pytest.raises(ModelConfigError, match=re.escape(says)):
-            Model({"nc": 3, "backbone": [row], "head": [[-1, 1, "Detect", ["nc"]]]}, verbose=False)
+            Model({"nc": 3, "backbone": rows, "head": [[-1, 1, "Detect", ["nc"]]]}, verbose=False)
         assert time.time() - began < 5
