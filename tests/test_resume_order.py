@@ -12,12 +12,12 @@ def tiny(tmp_path_factory):
     return shapes_data_yaml(tmp_path_factory.mktemp("shapes"), n_train=8, n_val=4, imgsz=64, seed=5)
 
 
-def args(data, project, name, epochs):
+def args(data, project, name, epochs, *more):
     import train
 
     return train.parse_opt(["--cfg", "cfg/yolov5n.yaml", "--data", str(data), "--epochs", str(epochs), "--img", "64",
                             "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project),
-                            "--name", name])
+                            "--name", name, *more])
 
 
 def recorded(monkeypatch):
@@ -36,13 +36,19 @@ def recorded(monkeypatch):
 
 
 def test_a_resumed_epoch_is_the_uninterrupted_runs_epoch(tiny, tmp_path, monkeypatch):
-    """Epoch 2 after a stop at the end of epoch 1 sees the images, in the order and with the augmentation, of
-    epoch 2 of a run that went through; not epoch 1's again (mosaic off: its partners come from an image buffer)."""
+    """Epoch 2 after a stop at the end of epoch 1 sees the images, in the order and with the augmentation (the
+    engine's and an albumentations pipeline's), of epoch 2 of a run that went through; not epoch 1's again (mosaic
+    off: its partners come from an image buffer)."""
+    import albumentations as A
+
     import train
 
     seen = recorded(monkeypatch)
     hyp = {"mosaic": 0.0}
-    train.main(args(tiny, tmp_path, "through", 2), hyp=hyp)
+    pipeline = tmp_path / "albumentations.yaml"
+    A.save(A.Compose([A.RandomBrightnessContrast(p=0.5)]), str(pipeline), data_format="yaml")
+    more = ("--albumentations", str(pipeline))
+    train.main(args(tiny, tmp_path, "through", 2, *more), hyp=hyp)
     through = list(seen)
     seen.clear()
 
@@ -50,7 +56,7 @@ def test_a_resumed_epoch_is_the_uninterrupted_runs_epoch(tiny, tmp_path, monkeyp
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.main(args(tiny, tmp_path, "stopped", 2), hyp=hyp, callbacks={**_callbacks(), "on_model_save": [stop_after_first_checkpoint]})
+        train.main(args(tiny, tmp_path, "stopped", 2, *more), hyp=hyp, callbacks={**_callbacks(), "on_model_save": [stop_after_first_checkpoint]})
     first = list(seen)
     seen.clear()
     train.main(train.parse_opt(["--resume", str(tmp_path / "stopped" / "weights" / "last.pt")]))

@@ -411,13 +411,14 @@ class CheckedYOLODataset(YOLODataset):
     sample_seed = None  # set by the trainer: augmentation seeded per (seed, epoch, image) for EpochIndex indices
 
     def __getitem__(self, index):
-        """The engine's sample; for an EpochIndex, with Python's and numpy's random state seeded by (seed, epoch,
+        """The engine's sample; for an EpochIndex, with Python's, numpy's and torch's random state seeded by (seed, epoch,
         image), so that an epoch's augmentation does not depend on what ran before it (a resumed run matches)."""
         epoch = getattr(index, "epoch", None)
         if epoch is not None and self.sample_seed is not None:
             s = sample_seed(self.sample_seed, epoch, int(index))
             random.seed(s)
             np.random.seed(s)
+            torch.manual_seed(s)  # the engine's Albumentations step seeds albumentations' own RNG from torch's seed
         return super().__getitem__(int(index))
 
     def verify_args(self) -> tuple:

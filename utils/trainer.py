@@ -463,6 +463,10 @@ class HorNetTrainer(DetectionTrainer):
         args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
         for k in RESUME_ALLOWED & set(overrides):
             args[k] = overrides[k]
+        if extras.get("albumentations"):  # the checkpoint holds the transforms as text: made again from their file
+            from utils.augment import load_albumentations
+
+            args["augmentations"] = load_albumentations(extras["albumentations"])
         self.args = get_cfg(args)
         for k, v in {**EXTRA_DEFAULTS, **extras}.items():
             setattr(self.args, k, v)
