@@ -90,8 +90,8 @@ def load_yaml(text: str, source, max_nodes: int = MAX_NODES):
         except YAMLTooLarge as e:
             raise YAMLTooLarge(f"{source}: refused: {e}") from None
         if n > max_nodes:
-            raise YAMLTooLarge(f"{source}: refused: its aliases expand it past {max_nodes:,} values (a YAML "
-                               "alias bomb?); a real model, hyp or dataset YAML is far smaller")
+            raise YAMLTooLarge(f"{source}: refused: it expands to more than {max_nodes:,} values once its aliases are "
+                               "copied out (a YAML alias bomb?); a real model, hyp or dataset YAML is far smaller")
         return loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()

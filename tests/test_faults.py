@@ -288,14 +288,14 @@ MISTAKES = {
     "train-badrow": ("train.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "val-badrow": ("val.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "export-badrow": ("export.py", "--weights {dir}/badrow.pt", "badrow.pt: its model YAML (made from "),
-    "train-bomb-cfg": ("train.py", "--cfg {dir}/bomb.yaml --data {data}", "bomb.yaml: refused: its aliases expand it past 1,000,000 values"),
-    "train-bomb-hyp": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --hyp {dir}/bomb-hyp.yaml", "bomb-hyp.yaml: refused: its aliases"),
-    "train-bomb-data": ("train.py", "--cfg cfg/yolov5n.yaml --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
-    "val-bomb-data": ("val.py", "--weights {best} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
+    "train-bomb-cfg": ("train.py", "--cfg {dir}/bomb.yaml --data {data}", "bomb.yaml: refused: it expands to more than 1,000,000 values"),
+    "train-bomb-hyp": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --hyp {dir}/bomb-hyp.yaml", "bomb-hyp.yaml: refused: it expands to more than"),
+    "train-bomb-data": ("train.py", "--cfg cfg/yolov5n.yaml --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
+    "val-bomb-data": ("val.py", "--weights {best} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
     "train-depth-negative": ("train.py", "--cfg {dir}/depth-negative.yaml --data {data}", "depth-negative.yaml: depth_multiple: must be a number in (0, 16], got -1"),
     "train-depth-word": ("train.py", "--cfg {dir}/depth-word.yaml --data {data}", "depth-word.yaml: depth_multiple: must be a number in (0, 16], got 'big'"),
     "train-hornet-depths": ("train.py", "--cfg {dir}/depths.yaml --data {data}", "HorNet depths[0] is 100000: a stage may have at most 1000 blocks"),
-    "detect-bomb-data": ("detect.py", "--weights {best} --source {images} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: its aliases"),
+    "detect-bomb-data": ("detect.py", "--weights {best} --source {images} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
     "detect-classes": ("detect.py", "--weights {best} --source {images} --classes 2 99", "--classes 99: best.pt has 6 classes (0..5"),
     **({"train-mps": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --device mps", "--device mps: Apple's MPS is not available")}
        if not torch.backends.mps.is_available() else {}),
@@ -651,3 +651,14 @@ def test_huge_values_and_rows_are_refused_quickly_in_short_lines(tmp_path):
         with pytest.raises(ModelConfigError, match=re.escape(says)):
             Model({"nc": 3, "backbone": rows, "head": [[-1, 1, "Detect", ["nc"]]]}, verbose=False)
         assert time.time() - began < 5
+
+
+def test_an_albumentations_file_that_is_a_yaml_bomb_is_refused_before_albumentations_reads_it(tmp_path):
+    from utils.augment import AlbumentationsFileError, load_albumentations
+
+    f = tmp_path / "bomb.yaml"
+    f.write_text("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10)))
+    began = time.time()
+    with pytest.raises(AlbumentationsFileError, match=re.escape(f"{f}: refused: it expands to more than 1,000,000 values")):
+        load_albumentations(f)
+    assert time.time() - began < 5
