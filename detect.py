@@ -21,6 +21,7 @@ is closed properly and plays.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -33,6 +34,21 @@ from ultralytics.utils.checks import check_imshow  # noqa: E402
 from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import HorNetPredictor, SourceError, default_source, is_stream, newest_weights, resolve_source  # noqa: E402
 from utils.trainer import check_device, increment_run_dir, warn_overwrite  # noqa: E402
+
+class _HoldSavedLine(logging.Filter):
+    """Hold back the engine's 'Results saved to ...' line until it is known that the run folder stays (a run that
+    read no frame removes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Results saved to" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
 
 def load_weights(weights, device):
     """What the predictor's AutoBackend takes: the rebuilt nn.Module for a checkpoint, the path for an export.
@@ -83,6 +99,7 @@ def run(
     stream_buffer=False,
     track=None,
     save_csv=False,
+    stream_timeout=10.0,
 ):
     """Detect objects in `source` with `weights`; returns the predictor (its `save_dir`, `results`, `speed`...).
 
@@ -95,7 +112,11 @@ def run(
         warn_overwrite(Path(project).resolve() / name)
     save_dir = increment_run_dir(Path(project).resolve(), name, exist_ok)  # exp, exp2, ...: made here, one per run
     try:
-        source = resolve_source(source if source is not None else default_source(data), save_dir)
+        if data:  # checked (and bounded) before the engine reads it with its own loader
+            from utils.data import read_data_yaml
+
+            data = read_data_yaml(data)[0]
+        source = resolve_source(source if source is not None else default_source(data), save_dir, stream_timeout)
         if view_img and not check_imshow(warn=False):
             LOGGER.warning("--view-img: no display is available here (no DISPLAY, or OpenCV has no GUI); continuing without a window")
             view_img = False
@@ -146,18 +167,30 @@ def run(
             raise ValueError(f"{weights} could not be loaded as a model: {runtime_reason(e)}") from e
         if half and predictor.model.device.type == "cpu" and predictor.model.format != "openvino":
             LOGGER.warning("--half needs a GPU (--device 0), or an OpenVINO export on a CPU with bfloat16: running float32")
+        names = getattr(predictor.model, "names", None) or {}
+        unknown = [c for c in classes or [] if not 0 <= c < len(names)] if names else []
+        if unknown:
+            raise ValueError(f"--classes {' '.join(map(str, unknown))}: {weights.name} has {len(names)} classes "
+                             f"(0..{len(names) - 1}: {', '.join(f'{i} {n}' for i, n in list(names.items())[:8])}"
+                             f"{', ...' if len(names) > 8 else ''})")
         fixed = getattr(predictor.model, "imgsz", None)
         if fixed and not getattr(predictor.model, "dynamic", False) and list(fixed) != size:
             LOGGER.info(f"{weights.name} was exported for --imgsz {fixed[0]} {fixed[1]}: using that size")
         LOGGER.info(f"{colorstr('detect:')} weights={weights} source={source} save_dir={save_dir}")
+        held = _HoldSavedLine()
+        LOGGER.addFilter(held)
         try:
             predictor.predict_cli(source=source)
         except FileNotFoundError as e:
             if str(e).startswith("Failed to open video"):  # a later file of a folder/list that OpenCV cannot decode
                 raise SourceError(f"{e}: the file is corrupt or in a format OpenCV cannot read; outputs so far are saved") from e
             raise
+        finally:
+            LOGGER.removeFilter(held)
         if predictor.seen == 0 and not is_stream(source) and not source.lower().startswith("screen"):
             raise SourceError(f"--source {source}: no image or video frame could be read (empty or corrupt files?)")
+        for record in held.records:  # the folder stays: now it may be said where the results are
+            LOGGER.handle(record)
         for path, (got, total) in predictor.incomplete_videos().items():  # only after a run that reached the end
             LOGGER.warning(f"{path}: the video ended after {got} of {total} frames (truncated or corrupt); the {got} frames read were processed and saved")
     except BaseException:
@@ -195,10 +228,13 @@ def parse_opt(argv=None):
     parser.add_argument("--half", action="store_true", help="FP16 half-precision inference (GPU); OpenVINO on a CPU: its reduced precision (bfloat16)")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     parser.add_argument("--stream-buffer", action="store_true", help="webcams/streams: keep every frame (default: the newest, for low latency)")
+    parser.add_argument("--stream-timeout", type=float, default=10.0, help="seconds a stream URL (rtsp, rtmp, http, tcp) may take to open")
     parser.add_argument("--track", nargs="?", const="bytetrack.yaml", default=None, help="track objects across frames: bytetrack.yaml (default) or botsort.yaml")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")
+    if not opt.stream_timeout > 0:
+        parser.error(f"--stream-timeout must be > 0 seconds, got {opt.stream_timeout}")
     if opt.vid_stride < 1:
         parser.error("--vid-stride must be >= 1")
     return opt

@@ -233,12 +233,14 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
     return overrides
 
 
-CTRL_C = []  # non-empty once Ctrl-C was pressed (the command line's SIGINT handler records it)
+CTRL_C = []  # the signals that stopped training (the command line's SIGINT and SIGTERM handler records them)
 
 
 def on_ctrl_c(signum, frame):
-    """SIGINT: KeyboardInterrupt now, and again at the next batch (`raise_after_ctrl_c`), because Python ignores an
-    exception raised while an import releases its module lock, and a Ctrl-C landing there would be lost."""
+    """SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler): KeyboardInterrupt now, and again at the next batch
+    (`raise_after_ctrl_c`), because Python ignores an exception raised while an import releases its module lock, and
+    a signal landing there would be lost. Either way the run stops as Ctrl-C stops it: said in one line, a run folder
+    with nothing in it removed."""
     CTRL_C.append(signum)
     raise KeyboardInterrupt
 
@@ -287,13 +289,17 @@ def evolve_hyp(opt: argparse.Namespace):
 def stop_note(trainer: HorNetTrainer | None, removed: str | None) -> str:
     """Where a Ctrl-C stopped training, and what --resume will do."""
     gone = f" ({removed} removed)" if removed else ""
+    by = "SIGTERM" if CTRL_C and CTRL_C[-1] == signal.SIGTERM else "Ctrl-C"
     if trainer is None or not hasattr(trainer, "epoch"):
-        return f"stopped (Ctrl-C) before training started: nothing to resume{gone}"
-    where = f"stopped (Ctrl-C) in epoch {trainer.epoch + 1}/{trainer.epochs}"
+        return f"stopped ({by}) before training started: nothing to resume{gone}"
+    where = f"stopped ({by}) in epoch {trainer.epoch + 1}/{trainer.epochs}"
     if trainer.last.is_file():
         from models.yolo import read_checkpoint
 
-        saved = read_checkpoint(trainer.last).get("epoch", -1) + 1
+        ckpt = read_checkpoint(trainer.last)
+        if ckpt.get("final_val") == "pending":
+            return f"stopped ({by}) in the final validation; python train.py --resume {trainer.last} runs it"
+        saved = ckpt.get("epoch", -1) + 1
         return f"{where}; python train.py --resume {trainer.last} goes on from epoch {saved + 1}"
     return f"{where}, before the first checkpoint (written after each epoch): nothing to resume{gone}"
 
@@ -310,11 +316,12 @@ def run(**kwargs) -> HorNetTrainer:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, on_ctrl_c)
+    signal.signal(signal.SIGTERM, on_ctrl_c)
     try:
         main(parse_opt())
     except KeyboardInterrupt as e:
         print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if CTRL_C and CTRL_C[-1] == signal.SIGTERM else 130)
     except (FileNotFoundError, HypError, ModelConfigError, CheckpointError, DeviceError, ResumeError, FlagError,
             DataConfigError, RunDirError, DiskFullError) as e:
         sys.exit(f"error: {e}")

@@ -72,9 +72,9 @@ def main(opt: argparse.Namespace, model=None) -> dict:
     opt.data = load_data_config(opt.data)["yaml_file"]
 
     if opt.task == "test":
-        import yaml
+        from models.safe_yaml import load_yaml_file
 
-        if not (yaml.safe_load(Path(opt.data).read_text()) or {}).get("test"):
+        if not (load_yaml_file(opt.data) or {}).get("test"):
             raise ValueError(f"--task test: {opt.data} has no 'test' split")
     check_device(opt.device)
     if opt.exist_ok:

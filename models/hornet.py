@@ -20,6 +20,7 @@ from ultralytics.nn.modules import C3, Conv
 
 from models import cpu_kernels
 from models.registry import register, row_norm, row_width, row_width_repeats_inside
+from models.safe_yaml import short
 
 __all__ = ("LayerNorm2d", "GlobalLocalFilter", "gnConv", "HorBlock", "C3HB", "HorStem", "ConvStem", "HorDown", "HorNet")
 
@@ -140,9 +141,12 @@ class GlobalLocalFilter(nn.Module):
             return torch.fft.irfft2(spectrum * self.spectral_filter(H, W), s=(H, W), dim=(2, 3), norm="ortho")
 
 
+MAX_STAGE_DEPTH = 1000  # HorBlocks in one HorNet stage row
+
+
 def _check_int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {low}, got {short(value)}")
     return value
 
 
@@ -382,10 +386,13 @@ class HorNet(nn.Module):
         if isinstance(index, bool) or index not in (0, 1, 2, 3):
             raise ValueError(f"HorNet stage index must be 0, 1, 2 or 3, got {index!r}")
         if not isinstance(depths, (list, tuple)) or len(depths) != 4:
-            raise ValueError(f"HorNet depths must be a list of 4 integers, got {depths!r}")
+            raise ValueError(f"HorNet depths must be a list of 4 integers, got {short(depths)}")
         self.index = index
         self.downsample = (HorStem if index == 0 else HorDown)(c1, c2)
-        self.blocks = nn.Sequential(*(HorBlock(c2, c2, order=index + 2, s=1 / 3) for _ in range(_check_int("depth", depths[index]))))
+        depth = _check_int("depth", depths[index])
+        if depth > MAX_STAGE_DEPTH:
+            raise ValueError(f"HorNet depths[{index}] is {depth}: a stage may have at most {MAX_STAGE_DEPTH} blocks (HorNet-L has 18)")
+        self.blocks = nn.Sequential(*(HorBlock(c2, c2, order=index + 2, s=1 / 3) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))

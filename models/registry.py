@@ -38,6 +38,11 @@ from ultralytics.nn.modules import (
 )
 from ultralytics.utils.ops import make_divisible
 
+from models.safe_yaml import short
+
+
+MAX_WIDTH = 8192  # channels of one row (YOLOv5x's widest is 1280): the stride probe's activations stay under 1 GB
+
 
 @dataclass
 class Scaling:
@@ -55,10 +60,13 @@ class Scaling:
     def width(self, c2) -> int:
         """Scale an output width the way YOLOv5 does: times width_multiple, rounded up to a multiple of 8."""
         if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
-            raise ValueError(f"the first argument must be the output width (a positive integer), got {c2!r}")
+            raise ValueError(f"the first argument must be the output width (a positive integer), got {short(c2)}")
         if c2 == self.no:
             return c2
-        return make_divisible(min(c2, self.max_channels) * self.width_multiple, 8)
+        c2 = make_divisible(min(c2, self.max_channels) * self.width_multiple, 8)
+        if c2 > MAX_WIDTH:
+            raise ValueError(f"width {c2} (after width_multiple) is more than the {MAX_WIDTH} channels a row may have")
+        return c2
 
 
 RowFunction = Callable[[type, list, int, "int | list[int]", Scaling], "tuple[nn.Module, int]"]
@@ -136,7 +144,7 @@ def row_concat(cls, args, n, c_in, ctx):
 def row_norm(cls, args, n, c_in, ctx):
     """Norm layers (nn.BatchNorm2d, LayerNorm2d): cls(c1), the width of the row's input; args must be []."""
     if args:
-        raise ValueError(f"a norm row takes its width from its input: its args must be [], got {args!r}")
+        raise ValueError(f"a norm row takes its width from its input: its args must be [], got {short(args)}")
     return repeat(lambda i: cls(c_in), n), c_in
 
 

@@ -33,6 +33,7 @@ from models import heads, hornet, yolov5  # noqa: E402,F401  (their modules regi
 from models.checkpoints import OURS, CheckpointError, Weights, read_checkpoint, read_weights, write_checkpoint  # noqa: E402,F401
 from models.heads import AnchorDetect  # noqa: E402
 from models.loss import AnchorLoss  # noqa: E402
+from models.safe_yaml import YAMLTooLarge, load_yaml, short, short_text  # noqa: E402
 from models.registry import DIALECTS, MODERN_HEAD_ROWS, REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
 from models.transfer import TransferReport, transfer  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
@@ -90,9 +91,11 @@ def load_model_yaml(cfg) -> dict:
     else:
         raise FileNotFoundError(f"model YAML not found: {path}")
     try:
-        d = yaml.safe_load(unified.read_text())
+        d = load_yaml(unified.read_text(), unified)
     except yaml.YAMLError as e:
         raise ModelConfigError(f"{unified}: not valid YAML: {yaml_problem(e)}") from None
+    except YAMLTooLarge as e:
+        raise ModelConfigError(str(e)) from None
     if not isinstance(d, dict):
         raise ModelConfigError(f"{unified}: a model YAML must be a mapping with nc, backbone and head")
     if "scales" in d and match and "scale" not in d:
@@ -164,6 +167,22 @@ def yaml_activation(spec: str) -> nn.Module:
         return getattr(nn, name[1])()
 
 
+MAX_MULTIPLE = 16  # depth/width_multiple: YOLOv5x uses 1.33 and 1.25
+MAX_REPEATS = 1000  # blocks one row may stack (after depth_multiple); HorNet-L's deepest stage has 18
+MAX_ROW_PARAMS = 500_000_000  # 2 GB of float32 in one row; the largest row of HorNet-L holds about 0.12e9
+
+
+def row_parameters(build) -> int | None:
+    """The parameter count of the module `build()` makes, built on the meta device (no memory); None when a
+    constructor cannot run there (it then builds for real, as before)."""
+    try:
+        with torch.device("meta"):
+            module, _ = build()
+    except Exception:
+        return None
+    return sum(p.numel() for p in module.parameters())
+
+
 def check_from(f, i: int):
     """`from` is -1 (previous row), an earlier row index, a negative offset to one, or a list of those."""
     for j in f if isinstance(f, list) else [f]:
@@ -184,21 +203,28 @@ def parse_model(d: dict, ch, verbose: bool = True):
             raise ModelConfigError(f"{source}: missing '{key}' (a list of [from, number, module, args] rows)")
     nc = d.get("nc")
     if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
-        raise ModelConfigError(f"{source}: 'nc' must be a positive integer, got {nc!r}")
+        raise ModelConfigError(f"{source}: 'nc' must be a positive integer, got {short(nc)}")
     unknown = [k for k in d if k not in YAML_KEYS]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), YAML_KEYS, n=1)
+        close = difflib.get_close_matches(str(unknown[0])[:100], YAML_KEYS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ModelConfigError(f"{source}: unknown key {unknown[0]!r} ({hint}a detection model YAML has: {', '.join(YAML_KEYS[:-3])})")
+        raise ModelConfigError(f"{source}: unknown key {short(unknown[0])} ({hint}a detection model YAML has: {', '.join(YAML_KEYS[:-3])})")
     depth, width, max_channels = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), 1 << 30
     scale = None
     if "scales" in d:
         scales = d["scales"]
         scale = d.get("scale") or next(iter(scales))
         if scale not in scales:
-            raise ModelConfigError(f"{source}: scale {scale!r} is not in scales {list(scales)}")
+            raise ModelConfigError(f"{source}: scale {short(scale)} is not in scales {short(list(scales))}")
+        if not isinstance(scales[scale], list) or len(scales[scale]) < 2:
+            raise ModelConfigError(f"{source}: scales: {scale}: must be [depth, width] or [depth, width, max_channels], "
+                                   f"got {short(scales[scale])}")
         depth, width, *rest = scales[scale]
         max_channels = rest[0] if rest else max_channels
+    where = f"scales: {scale}:" if scale else None
+    for key, value in (("depth_multiple", depth), ("width_multiple", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MULTIPLE:
+            raise ModelConfigError(f"{source}: {where + ' ' + key if where else key}: must be a number in (0, {MAX_MULTIPLE}], got {short(value)}")
     anchors = d.get("anchors")
     na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors else 0
     rows = d["backbone"] + d["head"]
@@ -233,26 +259,35 @@ def build_rows(rows, ch, depth, scaling, symbols, dialect, source, verbose):
             f, n, name, args = row
             check_from(f, i)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"number must be a positive integer, got {n!r}")
+                raise ValueError(f"number must be a positive integer, got {short(n)}")
             if not isinstance(args, list):
-                raise ValueError(f"args must be a list, got {args!r}")
+                raise ValueError(f"args must be a list, got {short(args)}")
             name, entry = resolve_module(name, dialect)
             args = [literal(a, symbols) for a in args]
             n = max(round(n * depth), 1) if n > 1 else n
+            if n > MAX_REPEATS:
+                raise ValueError(f"number {n} (after depth_multiple) is more than the {MAX_REPEATS} blocks a row may stack")
 
             def width_of(j):
                 return c_image if i == 0 else widths[j]  # negative j counts back from this row
 
             c_in = [width_of(j) for j in f] if isinstance(f, list) else width_of(f)
-            module, c2 = entry.row(entry.cls, args, n, c_in, scaling)
+            def build():
+                return entry.row(entry.cls, args, n, c_in, scaling)
+
+            size = row_parameters(build)
+            if size is not None and size > MAX_ROW_PARAMS:
+                raise ValueError(f"it would hold {size:,} parameters, more than the {MAX_ROW_PARAMS:,} a row may "
+                                 "build (widths or repeats too large?)")
+            module, c2 = build()
         except ModelConfigError:
             raise
         except Exception as e:  # the constructors' own TypeErrors/ValueErrors, with the row attached
-            raise ModelConfigError(f"{source}: row {i} {row}: {e}") from e
+            raise ModelConfigError(f"{source}: row {i} {short(row)}: {short_text(e)}") from e
         module.i, module.f, module.type = i, f, name
         module.np = sum(p.numel() for p in module.parameters())
         if verbose:
-            LOGGER.info(f"{i:>3}{str(f):>18}{n:>3}{module.np:10.0f}  {name:<40}{str(args):<30}")
+            LOGGER.info(f"{i:>3}{str(f):>18}{n:>3}{module.np:10.0f}  {name:<40}{short(args):<30}")
         save.update(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(module)
         widths.append(c2)
@@ -297,7 +332,7 @@ class Model(DetectionModel):
         except Exception as e:
             i = entered[-1] if entered else 0
             row = (self.yaml["backbone"] + self.yaml["head"])[i]
-            raise ModelConfigError(f"{self.yaml.get('yaml_file', 'model dict')}: row {i} {row}: fails on a {size}x{size} input: {e}") from e
+            raise ModelConfigError(f"{self.yaml.get('yaml_file', 'model dict')}: row {i} {short(row)}: fails on a {size}x{size} input: {short_text(e)}") from e
         finally:
             for h in hooks:
                 h.remove()

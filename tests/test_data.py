@@ -348,3 +348,40 @@ def test_a_label_cache_that_would_run_code_is_moved_aside(tmp_path, log_lines):
     assert len(dataset) == 4 and not (tmp_path / "MARKER").exists()
     assert (root / "labels" / "train.cache.refused").is_file()
     assert any("would run code" in t and "posix.system" in t for _, t in log_lines)
+
+
+def test_a_symlink_loop_does_not_multiply_the_set(tmp_path, log_lines):
+    """A link inside images/train back to its own folder: each image once, and one warning saying why."""
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, imgsz=64, seed=1)
+    os.symlink(root / "images" / "train", root / "images" / "train" / "loop")
+    data = load_data_config(_data_yaml(tmp_path, root))
+    dataset = build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")
+    assert len(dataset) == 8 and all("loop" not in Path(f).relative_to(root).parts for f in dataset.im_files)
+    assert sum(len(label["bboxes"]) == 0 for label in dataset.labels) == sum(
+        not (root / "labels" / "train" / f"{Path(f).stem}.txt").read_text().strip() for f in dataset.im_files)
+    assert any("lead to files listed already (a symlink loop" in text for level, text in log_lines if level == "WARNING")
+
+
+def test_two_images_sharing_one_label_file_are_named(tmp_path, log_lines):
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, imgsz=64, seed=2)
+    first = sorted((root / "images" / "train").glob("*.jpg"))[0]
+    cv2.imwrite(str(first.with_suffix(".png")), cv2.imread(str(first)))
+    data = load_data_config(_data_yaml(tmp_path, root))
+    build_yolo_dataset(_cfg(), data["train"], 4, data, mode="train")
+    label = root / "labels" / "train" / f"{first.stem}.txt"
+    said = [text for level, text in log_lines if level == "WARNING" and "is the label file of 2 images" in text]
+    assert len(said) == 1 and str(label) in said[0] and first.name in said[0] and first.with_suffix(".png").name in said[0]
+
+
+def test_a_label_file_mixing_boxes_and_polygons_keeps_every_row(tmp_path):
+    """A box row beside a polygon row: both boxes kept, the box row's exactly (the engine reads the whole file as
+    polygons, and loses the image)."""
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, imgsz=64, seed=4)
+    image = sorted((root / "images" / "train").glob("*.jpg"))[0]
+    (root / "labels" / "train" / f"{image.stem}.txt").write_text(
+        "1 0.5 0.5 0.2 0.4\n2 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n")
+    data = load_data_config(_data_yaml(tmp_path, root))
+    dataset = build_yolo_dataset(_cfg(), data["train"], 4, data, mode="val")
+    label = dataset.labels[dataset.im_files.index(str(image))]
+    assert label["cls"].ravel().tolist() == [1, 2]
+    np.testing.assert_allclose(label["bboxes"], [[0.5, 0.5, 0.2, 0.4], [0.2, 0.2, 0.2, 0.2]], atol=1e-5)

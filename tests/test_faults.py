@@ -128,6 +128,21 @@ def test_ctrl_c_says_where_it_stopped_and_what_resume_does(tiny_data, tmp_path):
             assert "nothing to resume" in line and f"{project / name} removed" in line and not (project / name).exists()
 
 
+def test_sigterm_in_the_first_epoch_says_so_and_removes_the_empty_run_folder(tiny_data, tmp_path):
+    """kill (SIGTERM) before the first checkpoint: one line as for Ctrl-C, the folder it made removed, exit 143."""
+    project = tmp_path / "runs"
+    proc = start(train_cmd("--cfg", "cfg/yolov5n.yaml", "--data", str(tiny_data), "--epochs", "200", "--img", "64",
+                           "--batch-size", "4", "--workers", "0", "--noplots", "--noautoanchor", "--project", str(project)))
+    while proc.poll() is None and not (project / "exp" / "args.yaml").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train.py: stopped (SIGTERM)") and f"{project / 'exp'} removed" in line, line
+    assert not (project / "exp").exists()
+
+
 def test_results_csv_trimmed_to_the_checkpoint(tmp_path):
     """keep_epochs drops rows after last.pt's epoch and a torn last row, and keeps the header and the rest."""
     csv = tmp_path / "results.csv"
@@ -197,12 +212,20 @@ def mistakes(tiny_data, tmp_path_factory) -> dict:
     head = [list(r) for r in ckpt["model_yaml"]["head"]]
     head[-1][2] = "Detectt"
     torch.save({**ckpt, "model_yaml": {**ckpt["model_yaml"], "head": head}}, d / "badrow.pt")
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
+    (d / "bomb.yaml").write_text(bomb + "nc: 3\nbackbone: [[-1, 1, Conv, [16, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
+    (d / "bomb-hyp.yaml").write_text(bomb)
+    (d / "bomb-data.yaml").write_text(bomb + f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\nnames: [a]\n")
+    cfg = (ROOT / "cfg" / "yolov5n.yaml").read_text()
+    (d / "depth-negative.yaml").write_text(re.sub(r"(?m)^depth_multiple:.*$", "depth_multiple: -1", cfg))
+    (d / "depth-word.yaml").write_text(re.sub(r"(?m)^depth_multiple:.*$", "depth_multiple: big", cfg))
+    (d / "depths.yaml").write_text("nc: 3\nbackbone: [[-1, 1, HorNet, [64, 0, 3, [100000, 3, 18, 2], 64]]]\nhead: [[-1, 1, Detect, [nc]]]\n")
     data = (d / "data")
     data.mkdir()
     base = f"path: {tiny_data.parent}\ntrain: images/train\nval: images/val\n"
     for name, text in DATA_YAMLS.items():
         (data / f"{name}.yaml").write_text(text.format(base=base))
-    return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data}
+    return {"dir": d, "best": best, "last": best.with_name("last.pt"), "data": tiny_data, "images": tiny_data.parent / "images" / "val"}
 
 
 # Data YAMLs that describe no dataset ({base}: path, train and val of the tiny set); each is one line in train.py and val.py
@@ -266,6 +289,17 @@ MISTAKES = {
     "train-badrow": ("train.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "val-badrow": ("val.py", "--weights {dir}/badrow.pt --data {data}", "badrow.pt: its model YAML (made from "),
     "export-badrow": ("export.py", "--weights {dir}/badrow.pt", "badrow.pt: its model YAML (made from "),
+    "train-bomb-cfg": ("train.py", "--cfg {dir}/bomb.yaml --data {data}", "bomb.yaml: refused: it expands to more than 1,000,000 values"),
+    "train-bomb-hyp": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --hyp {dir}/bomb-hyp.yaml", "bomb-hyp.yaml: refused: it expands to more than"),
+    "train-bomb-data": ("train.py", "--cfg cfg/yolov5n.yaml --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
+    "val-bomb-data": ("val.py", "--weights {best} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
+    "train-depth-negative": ("train.py", "--cfg {dir}/depth-negative.yaml --data {data}", "depth-negative.yaml: depth_multiple: must be a number in (0, 16], got -1"),
+    "train-depth-word": ("train.py", "--cfg {dir}/depth-word.yaml --data {data}", "depth-word.yaml: depth_multiple: must be a number in (0, 16], got 'big'"),
+    "train-hornet-depths": ("train.py", "--cfg {dir}/depths.yaml --data {data}", "HorNet depths[0] is 100000: a stage may have at most 1000 blocks"),
+    "detect-bomb-data": ("detect.py", "--weights {best} --source {images} --data {dir}/bomb-data.yaml", "bomb-data.yaml: refused: it expands to more than"),
+    "detect-classes": ("detect.py", "--weights {best} --source {images} --classes 2 99", "--classes 99: best.pt has 6 classes (0..5"),
+    **({"train-mps": ("train.py", "--cfg cfg/yolov5n.yaml --data {data} --device mps", "--device mps: Apple's MPS is not available")}
+       if not torch.backends.mps.is_available() else {}),
     **{f"train-data-{k}": ("train.py", f"--cfg cfg/yolov5n.yaml --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
        for k in ("names-gap", "nc-names", "top-list", "no-train")},
     **{f"val-data-{k}": ("val.py", f"--weights {{best}} --data {{dir}}/data/{k}.yaml", DATA_SAYS[k])
@@ -285,16 +319,17 @@ def test_user_mistakes_are_one_line_errors_in_every_script(mistakes):
             argv += ["--epochs", "1", "--img", "64", "--workers", "0"]
         argv += args.format(**mistakes).split()  # after the defaults: a case's own flags win
         r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        return case, r, expected.format(**mistakes), project
+        return case, script, r, expected.format(**mistakes), project
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(attempt, MISTAKES))
     failures = []
-    for case, r, expected, project in results:
+    for case, script, r, expected, project in results:
         said = r.stdout + r.stderr  # detect.py and export.py report through the ultralytics logger (stdout)
         lines = [line for line in said.splitlines() if expected in line]
         left = [p for p in project.glob("*") if p.is_dir()] if project.is_dir() else []
-        if r.returncode != 1 or "Traceback" in said or not lines or left:
+        saved_then_removed = script == "detect.py" and "Results saved to" in said  # the folder is gone
+        if r.returncode != 1 or "Traceback" in said or not lines or left or saved_then_removed or max(map(len, lines), default=0) > 1000:
             failures.append(f"{case}: exit {r.returncode}, left {left}, output tail:\n{said[-1500:]}")
     assert not failures, "\n\n".join(failures)
     assert not (d / "MARKER").exists(), "a checkpoint ran code"
@@ -545,3 +580,72 @@ def test_resume_tells_runs_apart_without_run_ids(tmp_path):
     assert "args.yaml is another run's (cfg/yolov5n.yaml, started in" in other_run(last, copied_in)
     anchor_free = {**same, "train_metrics": {"val/dfl_loss": 0.4, "fitness": 0.1}}
     assert "results.csv has no val/dfl_loss column" in other_run(last, anchor_free)
+
+
+def test_a_stream_server_that_never_answers_is_one_line_within_the_timeout(mistakes, tmp_path):
+    """An RTSP server (127.0.0.1) that accepts and sends nothing: detect.py ends within --stream-timeout (default
+    10 s, OpenCV's own wait is 30 s and more) with one line naming the URL, and leaves no run folder."""
+    import socket
+
+    import detect
+
+    assert detect.parse_opt([]).stream_timeout <= 10
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    url = f"rtsp://127.0.0.1:{server.getsockname()[1]}/live"
+    start_time = time.time()
+    r = subprocess.run([sys.executable, "detect.py", "--weights", str(mistakes["best"]), "--source", url, "--stream-timeout", "2",
+                        "--project", str(tmp_path / "detect")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    took = time.time() - start_time
+    server.close()
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert held, "detect.py never connected"
+    assert f"stream {url} did not open within 2s" in said.strip().splitlines()[-1], said[-2000:]
+    assert took < 20, took  # start-up plus 2 s, not OpenCV's 30 s
+    assert not list((tmp_path / "detect").glob("*"))
+
+
+def test_huge_values_and_rows_are_refused_quickly_in_short_lines(tmp_path):
+    """A 10 MB value in a model, hyp or data YAML: a line of at most a few hundred characters, in seconds; rows that
+    would build too much (HorNet depths [2, 3, 100000, 2], a million channels) refused before building."""
+    from models.yolo import ModelConfigError, Model
+    from utils.data import DataConfigError, read_data_yaml
+    from utils.trainer import HypError, load_hyp
+
+    huge = "x" * 10_000_000
+    files = {
+        "model.yaml": (f"nc: 3\nbackbone: [[-1, 1, Conv, [{huge}, 3, 2]]]\nhead: [[-1, 1, Detect, [nc]]]\n", ModelConfigError, Model),
+        "hyp.yaml": (f"lr0: {huge}\n", HypError, load_hyp),
+        "data.yaml": (f"train: a\nval: b\nnames: {huge}\n", DataConfigError, read_data_yaml),
+    }
+    for name, (text, error, read) in files.items():
+        (tmp_path / name).write_text(text)
+        began = time.time()
+        with pytest.raises(error) as e:
+            read(str(tmp_path / name))
+        assert len(str(e.value)) < 600 and str(tmp_path / name) in str(e.value), (name, str(e.value)[:600])
+        assert time.time() - began < 30, name
+    stage = [-1, 1, "HorNet", [256, 2, 3, [2, 3, 100000, 2], 64]]
+    wide = [-1, 1, "Conv", [1_000_000, 3, 2]]
+    heavy = [[-1, 1, "Conv", [8192, 3, 2]], [-1, 1, "Conv", [8192, 7, 1]]]  # 3.3e9 parameters in row 1
+    for rows, says in (([stage], "a stage may have at most 1000 blocks"), ([wide], "more than the 8192 channels a row may have"),
+                       (heavy, "row 1 [-1, 1, 'Conv', [8192, 7, 1]]: it would hold 3,288,")):
+        began = time.time()
+        with pytest.raises(ModelConfigError, match=re.escape(says)):
+            Model({"nc": 3, "backbone": rows, "head": [[-1, 1, "Detect", ["nc"]]]}, verbose=False)
+        assert time.time() - began < 5
+
+
+def test_an_albumentations_file_that_is_a_yaml_bomb_is_refused_before_albumentations_reads_it(tmp_path):
+    from utils.augment import AlbumentationsFileError, load_albumentations
+
+    f = tmp_path / "bomb.yaml"
+    f.write_text("".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10)))
+    began = time.time()
+    with pytest.raises(AlbumentationsFileError, match=re.escape(f"{f}: refused: it expands to more than 1,000,000 values")):
+        load_albumentations(f)
+    assert time.time() - began < 5

@@ -36,6 +36,17 @@ def load_albumentations(path) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"albumentations pipeline file not found: {path}")
     data_format = "json" if path.suffix.lower() == ".json" else "yaml"
+    if data_format == "yaml":  # albumentations builds the whole file with PyYAML: the alias bound first
+        import yaml
+
+        from models.safe_yaml import YAMLTooLarge, load_yaml
+
+        try:
+            load_yaml(path.read_text(), path)
+        except YAMLTooLarge as e:
+            raise AlbumentationsFileError(str(e)) from None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            pass  # albumentations' own message says what is wrong
     try:
         pipeline = A.load(str(path), data_format=data_format)
     except Exception as e:  # YAML syntax errors, missing 'transform' key, unknown transform names...

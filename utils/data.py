@@ -19,22 +19,25 @@ import logging
 import math
 import os
 import pickle
+import random
 import tempfile
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from ultralytics.data import build as ul_build
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.data.utils import check_det_dataset, verify_image_label
 from ultralytics.utils import LOGGER
 
+from models.safe_yaml import short
 from utils import shapes
 
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 DATA_DIR = ROOT / "data"
-ROW_CHECK_VERSION = "rows-1"  # part of the label cache hash: caches written without row checks are rebuilt
+ROW_CHECK_VERSION = "rows-2"  # part of the label cache hash: caches written without row checks are rebuilt
 _SKIPPED_ROWS = "skipped bad label rows"  # text our messages carry (see _WarnScanMessages)
 _CORRUPT = "ignoring corrupt image/label"  # text of ultralytics' message for files it drops
 
@@ -50,13 +53,13 @@ def check_data_dict(file, raw) -> None:
     The engine asserts or raises KeyError/SyntaxError on these (names with a gap, nc against names, ...).
     """
     if not isinstance(raw, dict):
-        raise DataConfigError(f"data YAML {file}: must be a mapping with train:, val: and names:, got {type(raw).__name__} {str(raw)[:60]!r}")
+        raise DataConfigError(f"data YAML {file}: must be a mapping with train:, val: and names:, got {type(raw).__name__} {short(raw)}")
     for key in ("train", "val"):
         if key not in raw and not (key == "val" and "validation" in raw):
             raise DataConfigError(f"data YAML {file}: no '{key}:' key (the {key} images: a folder, a .txt list or a list of those)")
     nc, names = raw.get("nc"), raw.get("names")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
-        raise DataConfigError(f"data YAML {file}: 'nc' must be a positive integer, got {nc!r}")
+        raise DataConfigError(f"data YAML {file}: 'nc' must be a positive integer, got {short(nc)}")
     if names is None:
         if nc is None:
             raise DataConfigError(f"data YAML {file}: no 'names:' (the class names, a list or {{0: name, 1: name, ...}})")
@@ -70,10 +73,10 @@ def check_data_dict(file, raw) -> None:
         except (TypeError, ValueError):
             keys = None
         if keys is None or len(keys) != len(names):
-            raise DataConfigError(f"data YAML {file}: 'names' keys must be class indices 0, 1, 2, ..., got {list(names)[:8]}")
+            raise DataConfigError(f"data YAML {file}: 'names' keys must be class indices 0, 1, 2, ..., got {short(list(names))}")
         values = list(names.values())
     else:
-        raise DataConfigError(f"data YAML {file}: 'names' must be a list of class names or {{0: name, 1: name, ...}}, got {names!r}")
+        raise DataConfigError(f"data YAML {file}: 'names' must be a list of class names or {{0: name, 1: name, ...}}, got {short(names)}")
     if not values:
         raise DataConfigError(f"data YAML {file}: 'names' is empty: give at least one class name")
     if keys != list(range(len(values))):
@@ -82,7 +85,7 @@ def check_data_dict(file, raw) -> None:
                               f"(no class {gaps[0] if gaps else keys[0]})")
     bad = next((v for v in values if isinstance(v, (list, dict)) or v is None), "ok")
     if bad != "ok":
-        raise DataConfigError(f"data YAML {file}: each class name must be a single word or string, got {bad!r}")
+        raise DataConfigError(f"data YAML {file}: each class name must be a single word or string, got {short(bad)}")
     if nc is not None and nc != len(values):
         raise DataConfigError(f"data YAML {file}: nc: {nc} disagrees with its {len(values)} names")
 
@@ -107,8 +110,12 @@ def read_data_yaml(path) -> tuple[Path, dict]:
         )
     import yaml
 
+    from models.safe_yaml import YAMLTooLarge, load_yaml
+
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = load_yaml(file.read_text(), f"data YAML {file}") or {}
+    except YAMLTooLarge as e:
+        raise DataConfigError(str(e)) from None
     except yaml.YAMLError as e:
         from models.yolo import yaml_problem
 
@@ -292,7 +299,10 @@ def verify_image_label_rows(args: tuple):
     """
     im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim, single_cls = args
     good, bad = _split_rows(lb_file, num_cls, single_cls, nkpt, ndim) if not keypoint else ([], [])
-    if not bad:  # nothing to skip (or pose labels, or a missing/unreadable label file): ultralytics as it is
+    mixed = bool(good) and nkpt == 0 and {len(r.split()) == 5 for r in good} == {True, False}
+    if mixed:  # the engine reads a file with any polygon as all polygons, and a box row is no polygon
+        good = [_box_as_polygon(r) if len(r.split()) == 5 else r for r in good]
+    if not bad and not mixed:  # nothing to change (or pose labels, or a missing/unreadable label file): ultralytics as it is
         return _explain_drop(list(verify_image_label(args)), im_file, prefix)
 
     # Hand ultralytics a copy with the good rows only, so all its other checks (duplicates, segments) still apply.
@@ -302,9 +312,17 @@ def verify_image_label_rows(args: tuple):
         result = list(verify_image_label((im_file, str(clean), prefix, keypoint, num_cls, nkpt, ndim, single_cls)))
     result[-1] = result[-1].replace(str(clean), str(lb_file))
     result = _explain_drop(result, im_file, prefix)
-    note = f"{prefix}{lb_file}: {_SKIPPED_ROWS} ({len(bad)} of {len(bad) + len(good)}, rest kept): " + "; ".join(bad)
+    note = f"{prefix}{lb_file}: {_SKIPPED_ROWS} ({len(bad)} of {len(bad) + len(good)}, rest kept): " + "; ".join(bad) if bad else ""
     result[-1] = "\n".join(m for m in (result[-1], note) if m)
     return result if result[0] is None else tuple(result)
+
+
+def _box_as_polygon(row: str) -> str:
+    """`c x y w h` as the 4-corner polygon of the same box."""
+    c, x, y, w, h = row.split()
+    x, y, w, h = map(float, (x, y, w, h))
+    x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
+    return f"{c} {x1:.6g} {y1:.6g} {x2:.6g} {y1:.6g} {x2:.6g} {y2:.6g} {x1:.6g} {y2:.6g}"
 
 
 def _split_rows(lb_file: str, num_cls: int, single_cls: bool, nkpt: int, ndim: int) -> tuple[list[str], list[str]]:
@@ -395,6 +413,19 @@ class CheckedYOLODataset(YOLODataset):
     warnings) whenever the cache is read.
     """
 
+    sample_seed = None  # set by the trainer: augmentation seeded per (seed, epoch, image) for EpochIndex indices
+
+    def __getitem__(self, index):
+        """The engine's sample; for an EpochIndex, with Python's, numpy's and torch's random state seeded by (seed, epoch,
+        image), so that an epoch's augmentation does not depend on what ran before it (a resumed run matches)."""
+        epoch = getattr(index, "epoch", None)
+        if epoch is not None and self.sample_seed is not None:
+            s = sample_seed(self.sample_seed, epoch, int(index))
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)  # the engine's Albumentations step seeds albumentations' own RNG from torch's seed
+        return super().__getitem__(int(index))
+
     def verify_args(self) -> tuple:
         """ultralytics' per-image verification, with `verify_image_label` replaced by the row-checking version."""
         func, iterable = super().verify_args()
@@ -411,11 +442,42 @@ class CheckedYOLODataset(YOLODataset):
                            "the labels are scanned anew")
         return super()._load_or_scan_cache(cache_path, cache_hash)
 
+    def get_img_files(self, img_path):
+        """The engine's image list, each file once: a symlink loop (or a link to a folder listed already) reaches the
+        same files again under ever longer paths, and the engine would take every path for another image."""
+        files = super().get_img_files(img_path)
+        shortest: dict[str, str] = {}
+        for f in files:
+            real = os.path.realpath(f)
+            if real not in shortest or len(f) < len(shortest[real]):
+                shortest[real] = f
+        if len(shortest) < len(files):
+            LOGGER.warning(f"{self.prefix}{img_path}: {len(files) - len(shortest)} image paths lead to files listed already "
+                           f"(a symlink loop or a link to another listed folder): each of the {len(shortest)} images is used once")
+            keep = set(shortest.values())
+            files = [f for f in files if f in keep]
+        return files
+
+    def get_labels(self) -> list[dict]:
+        """ultralytics' get_labels; first one line per label file that two images (a.jpg, a.png) would share."""
+        from ultralytics.data.utils import img2label_paths
+
+        by_label: dict[str, list[str]] = {}
+        for im, lb in zip(self.im_files, img2label_paths(self.im_files)):
+            by_label.setdefault(lb, []).append(im)
+        shared = {lb: ims for lb, ims in by_label.items() if len(ims) > 1}
+        for lb, ims in list(shared.items())[:5]:
+            LOGGER.warning(f"{self.prefix}{lb} is the label file of {len(ims)} images ({', '.join(Path(i).name for i in ims)}): "
+                           f"each of them takes its boxes; rename all but one image if they are different pictures")
+        if len(shared) > 5:
+            LOGGER.warning(f"{self.prefix}{len(shared) - 5} more label files are shared by several images")
+        return self._get_labels_warned()
+
     def get_cache_hash(self) -> str:
         """ultralytics' cache hash, salted so that a cache written by plain ultralytics is not reused."""
         return hashlib.sha256(f"{super().get_cache_hash()}|{ROW_CHECK_VERSION}".encode()).hexdigest()
 
-    def get_labels(self) -> list[dict]:
+    def _get_labels_warned(self) -> list[dict]:
         """ultralytics' get_labels, with the scan report about skipped rows and dropped files logged as warnings."""
         warn = _WarnScanMessages()
         LOGGER.addFilter(warn)
@@ -423,6 +485,43 @@ class CheckedYOLODataset(YOLODataset):
             return super().get_labels()
         finally:
             LOGGER.removeFilter(warn)
+
+
+class EpochIndex(int):
+    """A dataset index that carries the epoch it is drawn for (to the loader's worker processes too)."""
+
+    def __new__(cls, value: int, epoch: int):
+        self = super().__new__(cls, value)
+        self.epoch = epoch
+        return self
+
+    def __reduce__(self):
+        return EpochIndex, (int(self), self.epoch)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled training order that is a function of (seed, epoch) alone: each pass over it is the next epoch.
+
+    The engine's loader draws its order from one generator that runs on from epoch 0, so a resumed run would draw
+    epoch 1's order again. The loader asks for an epoch's order before that epoch starts (its workers prefetch), so
+    passes are counted here; `epoch` is set where the loader's iterator is made anew (resume, close_mosaic).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return iter([EpochIndex(i, epoch) for i in torch.randperm(self.n, generator=g).tolist()])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The random seed of one training sample's augmentation."""
+    return ((int(seed) * 1_000_003 + epoch) * 1_000_003 + index) % 2**32
 
 
 _BUILD_LOCK = threading.Lock()

@@ -27,6 +27,7 @@ from utils.export import run_in_export_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "tcp://")
+STREAM_TIMEOUT = 10.0  # seconds a stream URL may take to open (detect.py --stream-timeout); OpenCV waits 30 s and more
 
 
 class SourceError(ValueError):
@@ -89,7 +90,51 @@ def probe_camera(index: int, timeout: float = 10.0) -> None:
         raise SourceError(f"camera {index} could not be opened or gave no frame (no such device, or it is in use; try another index)")
 
 
-def resolve_source(source, save_dir: Path | None = None) -> str:
+def ffmpeg_open_timeout(timeout: float) -> None:
+    """Bound how long OpenCV's FFmpeg backend waits on a network stream, for the engine's own open too.
+
+    The option goes into OPENCV_FFMPEG_CAPTURE_OPTIONS (read at each open) unless the user set a timeout there; it is
+    FFmpeg's socket time-out in microseconds for rtsp, http and tcp (for rtmp it would mean listening, so the probe
+    thread's wait bounds rtmp instead).
+    """
+    options = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "")
+    if re.search(r"(^|\|)(timeout|stimeout|rw_timeout);", options):
+        return
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join(o for o in (options, f"timeout;{int(timeout * 1e6)}") if o)
+
+
+def probe_stream(url: str, timeout: float = STREAM_TIMEOUT) -> None:
+    """Open a stream URL once and release it; SourceError naming it when it gives no frame within `timeout` s.
+
+    A server that accepts the connection and never answers would otherwise hold detect.py for OpenCV's own
+    time-out (36 s measured for rtsp). The open runs in a daemon thread, also bounded by CAP_PROP_OPEN_TIMEOUT_MSEC.
+    """
+    if url.lower().startswith(("rtsp://", "http://", "https://", "tcp://")):
+        ffmpeg_open_timeout(timeout)
+    result = {}
+
+    def try_open():
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000),
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout * 1000)])
+        result["opened"] = cap.isOpened()
+        result["ok"] = result["opened"] and cap.read()[0]
+        cap.release()
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # its time-out warnings would follow our one line
+    try:
+        t = threading.Thread(target=try_open, daemon=True)
+        t.start()
+        t.join(timeout + 1.0)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if t.is_alive() or not result.get("ok"):
+        why = "gave no video frame" if result.get("opened") else "did not open"
+        raise SourceError(f"stream {url} {why} within {timeout:g}s (unreachable, or a server that accepts and sends "
+                          "nothing); --stream-timeout sets the wait")
+
+
+def resolve_source(source, save_dir: Path | None = None, stream_timeout: float = STREAM_TIMEOUT) -> str:
     """Check a --source value and return what `load_inference_source` takes.
 
     Accepts an image or video file, a folder, a glob, a camera index, an RTSP/RTMP/HTTP(S)/TCP URL,
@@ -112,8 +157,15 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
         probe_camera(int(source))
         return source
     if is_stream(source):
-        if lower.endswith(".streams") and not Path(source).is_file():
-            raise SourceError(f"source not found: {source}")
+        if lower.endswith(".streams"):
+            if not Path(source).is_file():
+                raise SourceError(f"source not found: {source}")
+            urls = [e.strip() for e in Path(source).read_text(encoding="utf-8-sig").splitlines() if e.strip()]
+        else:
+            urls = [source]
+        for url in urls:
+            if url.lower().startswith(STREAM_PREFIXES) and not re.search(r"youtube\.com/|youtu\.be/", url.lower()):
+                probe_stream(url, stream_timeout)  # YouTube pages go through the engine's own downloader
         return source
     if "*" in source:
         if not glob.glob(source, recursive=True):
@@ -139,6 +191,8 @@ def resolve_source(source, save_dir: Path | None = None) -> str:
             for e in entries:
                 if e.isnumeric():
                     probe_camera(int(e))
+                elif not re.search(r"youtube\.com/|youtu\.be/", e.lower()):
+                    probe_stream(e, stream_timeout)
             out = Path(save_dir or path.parent) / f"{path.stem}.streams"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text("\n".join(entries) + "\n")

@@ -41,11 +41,12 @@ from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
+from models.safe_yaml import YAMLTooLarge, load_yaml, load_yaml_file, short
 from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, read_weights, weights_format
 from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
 from utils import ddp
 from utils.autoanchor import check_anchors
-from utils.data import build_yolo_dataset, load_data_config
+from utils.data import EpochSampler, build_yolo_dataset, load_data_config
 from utils.export import run_in_export_precision
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
@@ -102,9 +103,11 @@ def load_hyp(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"hyp file not found: {path}")
     try:
-        hyp = yaml.safe_load(path.read_text()) or {}
+        hyp = load_yaml(path.read_text(), path) or {}
     except yaml.YAMLError as e:
         raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    except YAMLTooLarge as e:
+        raise HypError(str(e)) from None
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     return check_hyp(hyp, path)
@@ -121,22 +124,22 @@ def check_hyp(hyp: dict, source) -> dict:
                 pass
         if k == "optimizer":
             if v not in {"SGD", "Adam", "AdamW"}:
-                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {v!r}")
+                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {short(v)}")
         elif k == "cls_pw":  # every YOLOv5 hyp file has 1.0 (no effect); other values have no equivalent here
             if v != 1.0:
-                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {v!r}")
+                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {short(v)}")
         elif k not in HYP_KEYS:
             import difflib
 
-            close = difflib.get_close_matches(str(k), HYP_KEYS, n=1)
+            close = difflib.get_close_matches(str(k)[:100], HYP_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join((*HYP_KEYS, *HYP_FILE_ONLY))
-            raise HypError(f"{path}: unknown hyperparameter '{k}'{hint}; known keys: {known}")
+            raise HypError(f"{path}: unknown hyperparameter {short(k)}{hint}; known keys: {known}")
         elif isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
+            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {short(v)}")
         elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
             low, high = HYP_RANGES[k]
-            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {v!r}")
+            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {short(v)}")
     return hyp
 
 
@@ -148,6 +151,10 @@ def check_device(device) -> None:
     """Raise DeviceError naming --device when this machine cannot run on it."""
     if device in (None, "", "cpu"):
         return
+    if str(device).strip().lower() in {"mps", "mps:0"} and not torch.backends.mps.is_available():
+        # the engine falls back to the CPU without a word here, while it refuses a missing CUDA device
+        raise DeviceError(f"--device {device}: Apple's MPS is not available on this machine (torch "
+                          f"{torch.__version__}; it needs macOS on Apple silicon): use --device cpu")
     from ultralytics.utils.torch_utils import select_device
 
     try:
@@ -300,8 +307,8 @@ def other_run(last, ckpt: dict) -> str | None:
     run_dir = last.resolve().parent.parent
     args = ckpt.get("train_args") or {}
     try:
-        here = yaml.safe_load((run_dir / "args.yaml").read_text()) if (run_dir / "args.yaml").is_file() else None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        here = load_yaml_file(run_dir / "args.yaml") if (run_dir / "args.yaml").is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, YAMLTooLarge):
         here = None
     here = here if isinstance(here, dict) else None
     csv = run_dir / "results.csv"
@@ -360,6 +367,7 @@ class HorNetTrainer(DetectionTrainer):
         # Our keys would fail the engine's key check: set them aside, put them on args in check_resume
         self._extras = {k: overrides.pop(k) for k in list(overrides) if k in EXTRA_DEFAULTS}
         self._anchors_checked = False
+        self._final_only = False  # --resume of a run whose training is done but whose final validation is not
         self._lock = None
         if RANK == -1 and overrides.get("save_dir") and not overrides.get("resume"):
             # before the engine's constructor, which rewrites args.yaml and deletes results.csv in that folder
@@ -389,6 +397,8 @@ class HorNetTrainer(DetectionTrainer):
                     self.args.rect = False
                 LOGGER.info(f"DDP: {self.world_size} processes on devices {self.args.device}")
                 return ddp.launch(self.world_size, ddp.plain_args(self.args), self.save_dir)
+            if self._final_only:
+                return self.final_validation_only()
             return super().train()
         finally:
             self.release_lock()
@@ -437,7 +447,10 @@ class HorNetTrainer(DetectionTrainer):
         args = dict(ckpt.get("train_args") or {})
         if not args:
             raise ResumeError(f"{last}: has no training args to resume with (not a last.pt of train.py?)")
-        if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) + 1 >= args.get("epochs", 0):
+        trained = ckpt.get("optimizer") is None or ckpt.get("epoch", -1) + 1 >= args.get("epochs", 0)
+        # a run killed after its last epoch's checkpoint, before its final validation completed, goes on with that
+        self._final_only = trained and (ckpt.get("final_val") == "pending" or ckpt.get("optimizer") is not None)
+        if trained and not self._final_only:
             raise ResumeError(f"--resume {last}: that run is finished (epoch {ckpt.get('epoch', -1) + 1} of {args.get('epochs')}), "
                               f"nothing to resume; to train on from its weights: python train.py --weights {last} --epochs N")
         if RANK == -1:
@@ -450,13 +463,20 @@ class HorNetTrainer(DetectionTrainer):
         args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
         for k in RESUME_ALLOWED & set(overrides):
             args[k] = overrides[k]
+        if extras.get("albumentations"):  # the checkpoint holds the transforms as text: made again from their file
+            from utils.augment import load_albumentations
+
+            args["augmentations"] = load_albumentations(extras["albumentations"])
         self.args = get_cfg(args)
         for k, v in {**EXTRA_DEFAULTS, **extras}.items():
             setattr(self.args, k, v)
         self.args.run_id = self.args.run_id or uuid.uuid4().hex[:12]  # a checkpoint from before run ids
         self.args.model = self.args.resume = str(last)
         self.resume = True
-        LOGGER.info(f"Resuming {last} with the arguments it was started with")
+        if self._final_only:
+            LOGGER.info(f"Resuming {last}: training is done, its final validation did not complete: validating now")
+        else:
+            LOGGER.info(f"Resuming {last} with the arguments it was started with")
 
     # --- data ------------------------------------------------------------------------------------------
 
@@ -470,6 +490,27 @@ class HorNetTrainer(DetectionTrainer):
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
         return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val" or self.args.rect, stride=gs)
+
+    def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):
+        """The engine's loader; in a one-process run the training order and augmentation are a function of (seed,
+        epoch), so that epoch k of a resumed run is epoch k of the run that was not interrupted (see EpochSampler)."""
+        loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+        batches = getattr(getattr(loader, "batch_sampler", None), "sampler", None)  # the engine's _RepeatSampler
+        if mode == "train" and rank == -1 and isinstance(getattr(batches, "sampler", None), torch.utils.data.RandomSampler):
+            batches.sampler = EpochSampler(len(loader.dataset), self.args.seed, epoch=getattr(self, "epoch", 0) or 0)
+            loader.dataset.sample_seed = int(self.args.seed)
+        return loader
+
+    def train_sampler(self) -> EpochSampler | None:
+        batches = getattr(getattr(getattr(self, "train_loader", None), "batch_sampler", None), "sampler", None)
+        sampler = getattr(batches, "sampler", None)
+        return sampler if isinstance(sampler, EpochSampler) else None
+
+    def _close_dataloader_mosaic(self):
+        """The engine's; the loader's iterator is made anew after it, so its next pass is this epoch's order."""
+        super()._close_dataloader_mosaic()
+        if self.train_sampler() is not None:
+            self.train_sampler().epoch = self.epoch
 
     # --- model -----------------------------------------------------------------------------------------
 
@@ -733,12 +774,33 @@ class HorNetTrainer(DetectionTrainer):
         """Continue at the epoch after the checkpoint's; results.csv's time column goes on from where it stopped."""
         super().resume_training(ckpt)
         if ckpt is not None and self.resume:
+            if self.train_sampler() is not None:
+                self.train_sampler().epoch = self.start_epoch
             dropped = keep_epochs(self.csv, self.start_epoch)
             if dropped:
                 LOGGER.info(f"results.csv: dropped {dropped} row(s) after epoch {self.start_epoch}, which last.pt does not hold "
                             "(the run stopped between writing the two)")
             done = float(ckpt.get("train_time") or 0.0)
             self.add_callback("on_train_start", lambda t: setattr(t, "train_time_start", t.train_time_start - done))
+
+    def final_validation_only(self):
+        """The final validation of a run whose training ended before it completed (what final_eval does after the
+        last epoch), on this process's device."""
+        for f in (self.last, self.best):  # as final_eval leaves them: no optimizer state
+            if f.is_file() and read_checkpoint(f).get("optimizer") is not None:
+                write_checkpoint(f, {**read_checkpoint(f), "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
+        if not self.best.is_file():
+            raise ResumeError(f"--resume {self.last}: training is done but {self.best} is missing: nothing to validate")
+        self.validator = HorNetValidator(save_dir=self.save_dir, args={**vars(self.args), "mode": "val", "compile": False},
+                                         _callbacks=self.callbacks)
+        LOGGER.info(f"\nValidating {self.best}...")
+        self.metrics = self.validator(model=load_model(self.best, device=self.device))
+        self.mark_final_val_done()
+        return self.metrics
+
+    def mark_final_val_done(self) -> None:
+        if RANK in {-1, 0} and self.last.is_file():
+            write_checkpoint(self.last, {**read_checkpoint(self.last), "final_val": "done"})
 
     def final_eval(self):
         """Drop the optimizer from last.pt/best.pt (as YOLOv5 does), then validate best.pt.
@@ -750,13 +812,15 @@ class HorNetTrainer(DetectionTrainer):
             for f in (self.last, self.best):
                 if f.is_file():
                     try:
-                        write_checkpoint(f, {**read_checkpoint(f), "optimizer": None})
+                        # pending until the validation below completes: --resume runs it when it did not
+                        write_checkpoint(f, {**read_checkpoint(f), "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
                     except (OSError, RuntimeError) as e:  # a full disk: the file stays whole, with its optimizer
                         f.with_name(f.name + ".tmp").unlink(missing_ok=True)
                         LOGGER.warning(f"{f}: kept with its optimizer state, the smaller copy could not be written ({str(e).splitlines()[0][:120]})")
         if self.world_size > 1:
             dist.barrier()  # best.pt is written
         if not self.best.is_file():
+            self.mark_final_val_done()
             return
         LOGGER.info(f"\nValidating {self.best}...")
         self.validator.args.plots = self.args.plots
@@ -766,6 +830,7 @@ class HorNetTrainer(DetectionTrainer):
             self.metrics = self.validator(trainer=self)
         else:
             self.metrics = self.validator(model=load_model(self.best, device=self.device))
+        self.mark_final_val_done()
         if RANK not in {-1, 0}:
             return  # the metrics are rank 0's
         self.metrics.pop("fitness", None)
