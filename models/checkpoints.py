@@ -281,13 +281,16 @@ def tensors_of(obj, prefix: str = "", seen: set | None = None) -> dict:
 
 
 def plain(x, depth: int = 0):
-    """`x` as plain data: dicts, lists, strings, numbers, None (paths and other objects become strings)."""
+    """`x` as what weights_only loading accepts: dicts, lists, strings, numbers, None and CPU tensors (numpy scalars as
+    numbers, paths and other objects as strings; nesting deeper than 50 levels, as a file may craft it, is dropped)."""
     if depth > 50:
         return None
     if isinstance(x, dict):
         return {k if isinstance(k, (int, str)) else str(k): plain(v, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [plain(v, depth + 1) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
     if isinstance(x, np.generic):
         return x.item()
     if x is None or isinstance(x, (str, int, float, bool)):

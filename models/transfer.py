@@ -161,9 +161,9 @@ def _unit_pairs(src_units, dst_units) -> list[tuple[str, str]]:
     return pairs
 
 
-def _by_rows(src: dict, dst: dict, groups: dict, src_units, dst_units, exclude) -> dict:
+def _by_rows(src: dict, dst: dict, groups: dict, pairs, exclude) -> dict:
     moved = {}
-    for sp, dp in _unit_pairs(src_units, dst_units):
+    for sp, dp in pairs:
         for k, v in dst.items():
             if k.startswith(dp) and _counted(k) and not any(x in k for x in exclude):
                 s = sp + k[len(dp):]
@@ -218,7 +218,7 @@ def transfer(model: nn.Module, weights: Weights, exclude=(), source_model: nn.Mo
     source_model = source_model if source_model is not None else weights.module
     if source_model is not None:
         pairs = _unit_pairs(units(source_model), units(model))
-        aligned = _by_rows(src, dst, groups, units(source_model), units(model), exclude)
+        aligned = _by_rows(src, dst, groups, pairs, exclude)
         if len(aligned) >= len(mapping):
             mapping = aligned
         else:

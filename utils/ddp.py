@@ -76,7 +76,6 @@ def plain_args(args) -> dict:
         if k == "augmentations":
             continue
         out[k] = str(v) if isinstance(v, Path) else v
-    yaml.safe_dump(out)  # fails here, naming the value, rather than in a worker
     return out
 
 

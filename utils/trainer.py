@@ -42,7 +42,7 @@ from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights
 from models.loss import LOSS_DEFAULTS
 from models.safe_yaml import YAMLTooLarge, load_yaml, load_yaml_file, short
-from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, read_weights, weights_format
+from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, plain, read_weights, weights_format
 from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
 from utils import ddp
 from utils.autoanchor import check_anchors
@@ -161,21 +161,6 @@ def check_device(device) -> None:
         select_device(str(device), verbose=False)
     except ValueError as e:
         raise DeviceError(f"--device {device}: {str(e).splitlines()[0]}") from None
-
-
-def plain(x):
-    """`x` with numpy scalars, paths, tuples and other objects turned into what weights_only loading accepts."""
-    if isinstance(x, dict):
-        return {str(k) if not isinstance(k, int) else k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or isinstance(x, (str, int, float, bool)):
-        return x
-    return str(x)
 
 
 class RunDirError(ValueError):
@@ -786,9 +771,7 @@ class HorNetTrainer(DetectionTrainer):
     def final_validation_only(self):
         """The final validation of a run whose training ended before it completed (what final_eval does after the
         last epoch), on this process's device."""
-        for f in (self.last, self.best):  # as final_eval leaves them: no optimizer state
-            if f.is_file() and read_checkpoint(f).get("optimizer") is not None:
-                write_checkpoint(f, {**read_checkpoint(f), "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
+        self.strip_optimizers()  # as final_eval leaves them
         if not self.best.is_file():
             raise ResumeError(f"--resume {self.last}: training is done but {self.best} is missing: nothing to validate")
         self.validator = HorNetValidator(save_dir=self.save_dir, args={**vars(self.args), "mode": "val", "compile": False},
@@ -797,6 +780,21 @@ class HorNetTrainer(DetectionTrainer):
         self.metrics = self.validator(model=load_model(self.best, device=self.device))
         self.mark_final_val_done()
         return self.metrics
+
+    def strip_optimizers(self) -> None:
+        """last.pt and best.pt without their optimizer state (as YOLOv5 leaves them), last.pt marked as awaiting its
+        final validation (--resume runs it when it did not complete). On a full disk a file stays whole, as it was."""
+        if RANK not in {-1, 0}:
+            return
+        for f in (self.last, self.best):
+            if not f.is_file():
+                continue
+            ckpt = read_checkpoint(f)
+            try:
+                write_checkpoint(f, {**ckpt, "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
+            except (OSError, RuntimeError) as e:
+                f.with_name(f.name + ".tmp").unlink(missing_ok=True)
+                LOGGER.warning(f"{f}: kept with its optimizer state, the smaller copy could not be written ({str(e).splitlines()[0][:120]})")
 
     def mark_final_val_done(self) -> None:
         if RANK in {-1, 0} and self.last.is_file():
@@ -808,15 +806,7 @@ class HorNetTrainer(DetectionTrainer):
         In a DDP run every rank validates its share of the images with best.pt's weights in its EMA, as after each
         epoch: the engine's stand-alone validator would put any DDP rank on a CUDA device, CPU ranks included.
         """
-        if RANK in {-1, 0}:
-            for f in (self.last, self.best):
-                if f.is_file():
-                    try:
-                        # pending until the validation below completes: --resume runs it when it did not
-                        write_checkpoint(f, {**read_checkpoint(f), "optimizer": None, **({"final_val": "pending"} if f == self.last else {})})
-                    except (OSError, RuntimeError) as e:  # a full disk: the file stays whole, with its optimizer
-                        f.with_name(f.name + ".tmp").unlink(missing_ok=True)
-                        LOGGER.warning(f"{f}: kept with its optimizer state, the smaller copy could not be written ({str(e).splitlines()[0][:120]})")
+        self.strip_optimizers()
         if self.world_size > 1:
             dist.barrier()  # best.pt is written
         if not self.best.is_file():
