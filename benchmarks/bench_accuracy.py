@@ -5,6 +5,7 @@
     python benchmarks/bench_accuracy.py --data my.yaml --models yolov5s yolov5s-hornet --set lr0=0.002 --tag lr2e-3
     python benchmarks/bench_accuracy.py --data my.yaml --models benchmarks/ablations/yolov5n-hornet-ln.yaml
     python benchmarks/bench_accuracy.py --data my.yaml --scale s --report       # print the table, train nothing
+    python benchmarks/bench_accuracy.py --scale n --summary raccoon/e100-i320 neu-det/e20-i160   # the README's table
 
 Each run is `train.py` in its own process with the recipe train.py picks for the model (or `--hyp`), plus any
 `--set key=value` hyp overrides (written to the run folder as hyp.yaml). Runs live in
@@ -17,6 +18,11 @@ comparable with single runs).
 The table: mean and min-max over seeds of the mAP50 and mAP50-95 of best.pt (the metrics of its validation
 epoch, the same weights `val.py` would score), the ratio of the mean mAP50-95 to the plain YOLOv5 model of the
 same scale in the same table, and s/epoch (training + validation).
+
+`--summary SET/BUDGET ...`: one table over several sets, each at its own budget (folders under --results), for
+yolov5<scale>, its plain YOLOv5s of equal cost and the styles: mean mAP50-95 with min-max and the number of seeds
+(every stored seed), parameters and GFLOPs at 640 (nc=80) and CPU ms at 640 (fused, batch 1, the models
+interleaved call by call); then each style's ratio to yolov5<scale> and to the plain YOLOv5 nearest in parameters.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,12 +43,14 @@ from bench_env import ROOT  # noqa: E402  (offline, project on sys.path; before 
 import yaml  # noqa: E402
 
 STYLES = ("", "-gnconv", "-horblock", "-hornet", "-hornet-gf", "-horfpn")  # plain YOLOv5 first: the baseline
+# Plain YOLOv5 of the styles' cost, where the scale has them: deeper (styles 1-2) and wider (styles 3-4) yolov5n
+EQUAL_COST = {"n": ("yolov5n-d45", "yolov5n-w29")}
 ABLATIONS = ROOT / "benchmarks" / "ablations"  # architecture variants of cfg/ models: --models benchmarks/ablations/X.yaml
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="dataset YAML")
+    p.add_argument("--data", help="dataset YAML")
     p.add_argument("--models", nargs="+", default=None, help="model YAML names or paths (default: every style at --scale)")
     p.add_argument("--scale", default="s", help="with no --models: yolov5<scale> and its five HorNet styles")
     p.add_argument("--epochs", type=int, default=40)
@@ -57,6 +66,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/accuracy"), help="one JSON per finished run")
     p.add_argument("--report", action="store_true", help="only print the table of the finished runs")
     p.add_argument("--all", action="store_true", help="with --report: every model and variant stored for this data and budget")
+    p.add_argument("--summary", nargs="+", metavar="SET/BUDGET", help="print one table over these stored sets, e.g. raccoon/e100-i320")
+    p.add_argument("--runs", type=int, default=21, help="with --summary: timed calls per model for CPU ms")
     return p.parse_args(argv)
 
 
@@ -212,12 +223,85 @@ def variants_table(opt) -> str:
     return "\n".join(lines)
 
 
+def default_models(scale: str) -> list[str]:
+    """yolov5<scale>, its plain YOLOv5s of equal cost, then the styles."""
+    return [f"yolov5{scale}", *EQUAL_COST.get(scale, ()), *(f"yolov5{scale}{style}" for style in STYLES[1:])]
+
+
+def stored(folder: Path) -> list[dict]:
+    """Every finished seed of one model at one budget (the seed<k>.json files in its results folder)."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("seed*.json"))]
+
+
+def spread(rs: list[dict], key: str = "mAP50-95") -> str:
+    if not rs:
+        return "-"
+    return f"{mean(rs, key):.3f} ({min(r[key] for r in rs):.3f}-{max(r[key] for r in rs):.3f}, {len(rs)})"
+
+
+def cost(models: list[str], runs: int, imgsz: int = 640) -> dict[str, tuple[int, float, float]]:
+    """{model: (parameters, GFLOPs, CPU ms)} at imgsz, nc=80; ms is the median of `runs` calls, models interleaved."""
+    import torch
+    from ultralytics.utils.torch_utils import get_flops
+
+    from models.yolo import Model
+
+    built = {m: Model(model_path(m), verbose=False) for m in models}
+    out = {m: (sum(p.numel() for p in net.parameters()), get_flops(net, imgsz)) for m, net in built.items()}
+    fused = {m: net.eval().fuse(verbose=False) for m, net in built.items()}
+    x, times = torch.rand(1, 3, imgsz, imgsz), {m: [] for m in models}
+    with torch.no_grad():
+        for m in models:
+            fused[m](x)  # warm-up
+        for _ in range(runs):
+            for m in models:
+                t = time.perf_counter()
+                fused[m](x)
+                times[m].append(time.perf_counter() - t)
+    return {m: (*out[m], statistics.median(times[m]) * 1e3) for m in models}
+
+
+def summary(opt) -> str:
+    """Markdown: mAP50-95 of every model of --scale on each --summary set and budget; cost; ratios of the styles."""
+    import torch
+
+    models = opt.models or default_models(opt.scale)
+    twins = {t for ts in EQUAL_COST.values() for t in ts}
+    base, plain = models[0], [m for m in models if m == models[0] or Path(m).stem in twins]
+    cells = {(m, sb): stored(Path(opt.results) / sb / Path(m).stem) for m in models for sb in opt.summary}
+    costs = cost(models, opt.runs)
+    lines = [f"mAP50-95 of best.pt: mean (min-max, seeds); parameters and GFLOPs at 640 (nc=80); CPU ms at 640, "
+             f"batch 1, fused, median of {opt.runs} interleaved calls ({torch.get_num_threads()} threads)", "",
+             "| model | parameters | GFLOPs | CPU ms | " + " | ".join(opt.summary) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(opt.summary)]
+    for m in models:
+        n, gflops, ms = costs[m]
+        lines.append(f"| {Path(m).stem} | {n / 1e6:.2f}M | {gflops:.1f} | {ms:.1f} | "
+                     + " | ".join(spread(cells[m, sb]) for sb in opt.summary) + " |")
+
+    def ratio(m, b, sb):
+        rs, bs = cells[m, sb], cells[b, sb]
+        return f"{mean(rs, 'mAP50-95') / mean(bs, 'mAP50-95'):.2f}x" if rs and bs and mean(bs, "mAP50-95") > 0 else "-"
+
+    lines += ["", f"Each style's mean mAP50-95 against {Path(base).stem} / against the plain YOLOv5 nearest in parameters", "",
+              "| model | equal cost | " + " | ".join(opt.summary) + " |", "|---|---|" + "---:|" * len(opt.summary)]
+    for m in models:
+        if m in plain:
+            continue
+        twin = min(plain, key=lambda b: abs(costs[b][0] - costs[m][0]))
+        lines.append(f"| {Path(m).stem} | {Path(twin).stem} | " + " | ".join(f"{ratio(m, base, sb)} / {ratio(m, twin, sb)}" for sb in opt.summary) + " |")
+    return "\n".join(lines)
+
+
 def main(opt: argparse.Namespace) -> None:
+    if opt.summary:
+        print(summary(opt))
+        return
     if (opt.set or opt.hyp) and not opt.tag:
         sys.exit("error: --set/--hyp change the recipe: give the variant a name with --tag")
-    if not Path(opt.data).is_file():
+    if not opt.data or not Path(opt.data).is_file():
         sys.exit(f"error: --data: data YAML not found: {opt.data}")
-    models = opt.models or [f"yolov5{opt.scale}{style}" for style in STYLES]
+    models = opt.models or default_models(opt.scale)
     for model in models:
         if not model_exists(model):
             sys.exit(f"error: --models: model YAML not found: {model_path(model)}")

@@ -90,3 +90,19 @@ def test_ablation_yamls_build_and_change_rows_of_their_cfg_model(cfg):
     out = model.eval()(torch.rand(1, 3, 64, 96))
     assert out[0].shape[1] == plain.eval()(torch.rand(1, 3, 64, 96))[0].shape[1]  # same head, same candidates
     assert [type(m).__name__ for m in model.model] != [type(m).__name__ for m in plain.model]
+
+
+def test_summary_spans_sets_and_compares_each_style_at_equal_cost(opt, tmp_path):
+    store(opt, "yolov5n", 0, "", 0.5, 0.20)
+    store(opt, "yolov5n", 1, "", 0.5, 0.30)
+    store(opt, "yolov5n-w29", 0, "", 0.5, 0.20)
+    store(opt, "yolov5n-hornet", 0, "", 0.5, 0.30)
+    other = bench.parse_opt(["--data", str(tmp_path / "bccd" / "data.yaml"), "--results", opt.results, "--epochs", "20", "--img", "224"])
+    store(other, "yolov5n", 0, "", 0.5, 0.40)
+    opt.summary, opt.runs, opt.models = ["raccoon/e40-i160", "bccd/e20-i224"], 1, ["yolov5n", "yolov5n-d45", "yolov5n-w29", "yolov5n-hornet"]
+    lines = bench.summary(opt).splitlines()
+    row = next(line for line in lines if line.startswith("| yolov5n | 1.87M | 4.6 |"))
+    assert row.endswith("| 0.250 (0.200-0.300, 2) | 0.400 (0.400-0.400, 1) |")
+    assert any(line.startswith("| yolov5n-d45 | 1.92M |") and line.endswith("| - | - |") for line in lines)  # not run: no numbers
+    # the 7x7 backbone (2.65M) is compared with the wider yolov5n (2.64M), not the deeper one (1.92M)
+    assert "| yolov5n-hornet | yolov5n-w29 | 1.20x / 1.50x | - / - |" in lines
