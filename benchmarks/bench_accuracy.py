@@ -68,6 +68,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="with --report: every model and variant stored for this data and budget")
     p.add_argument("--summary", nargs="+", metavar="SET/BUDGET", help="print one table over these stored sets, e.g. raccoon/e100-i320")
     p.add_argument("--runs", type=int, default=21, help="with --summary: timed calls per model for CPU ms")
+    p.add_argument("--passive", action="store_true", help="OpenMP threads sleep while waiting (CPU ms on a shared machine)")
     return p.parse_args(argv)
 
 
