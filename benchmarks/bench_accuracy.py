@@ -52,7 +52,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", help="dataset YAML")
     p.add_argument("--models", nargs="+", default=None, help="model YAML names or paths (default: every style at --scale)")
-    p.add_argument("--scale", default="s", help="with no --models: yolov5<scale> and its five HorNet styles")
+    p.add_argument("--scale", default="s", help="with no --models: yolov5<scale>, its YOLOv5s of equal cost and its five HorNet styles")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--img", type=int, default=160)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -296,11 +296,16 @@ def summary(opt) -> str:
 
 def main(opt: argparse.Namespace) -> None:
     if opt.summary:
+        for sb in opt.summary:
+            if not (Path(opt.results) / sb).is_dir():
+                sys.exit(f"error: --summary {sb}: no stored runs in {Path(opt.results) / sb} (expected SET/e<epochs>-i<img>)")
         print(summary(opt))
         return
     if (opt.set or opt.hyp) and not opt.tag:
         sys.exit("error: --set/--hyp change the recipe: give the variant a name with --tag")
-    if not opt.data or not Path(opt.data).is_file():
+    if not opt.data:
+        sys.exit("error: --data is required to train or report (or --summary SET/BUDGET to summarize stored runs)")
+    if not Path(opt.data).is_file():
         sys.exit(f"error: --data: data YAML not found: {opt.data}")
     models = opt.models or default_models(opt.scale)
     for model in models:

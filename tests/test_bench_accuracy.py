@@ -106,3 +106,9 @@ def test_summary_spans_sets_and_compares_each_style_at_equal_cost(opt, tmp_path)
     assert any(line.startswith("| yolov5n-d45 | 1.92M |") and line.endswith("| - | - |") for line in lines)  # not run: no numbers
     # the 7x7 backbone (2.65M) is compared with the wider yolov5n (2.64M), not the deeper one (1.92M)
     assert "| yolov5n-hornet | yolov5n-w29 | 1.20x / 1.50x | - / - |" in lines
+
+
+def test_summary_of_a_set_never_run_is_one_line(opt):
+    opt.summary = ["neu-det/e20-i160"]
+    with pytest.raises(SystemExit, match="--summary neu-det/e20-i160: no stored runs"):
+        bench.main(opt)
