@@ -5,6 +5,7 @@
     python benchmarks/bench_accuracy.py --data my.yaml --models yolov5s yolov5s-hornet --set lr0=0.002 --tag lr2e-3
     python benchmarks/bench_accuracy.py --data my.yaml --models benchmarks/ablations/yolov5n-hornet-ln.yaml
     python benchmarks/bench_accuracy.py --data my.yaml --scale s --report       # print the table, train nothing
+    python benchmarks/bench_accuracy.py --data my.yaml --scale n --epochs 20 --img 160 --exports   # also bf16 / INT8 mAP
     python benchmarks/bench_accuracy.py --scale n --summary raccoon/e100-i320 neu-det/e20-i160   # the README's table
 
 Each run is `train.py` in its own process with the recipe train.py picks for the model (or `--hyp`), plus any
@@ -22,7 +23,8 @@ same scale in the same table, and s/epoch (training + validation).
 `--summary SET/BUDGET ...`: one table over several sets, each at its own budget (folders under --results), for
 yolov5<scale>, its plain YOLOv5s of equal cost and the styles: mean mAP50-95 with min-max and the number of seeds
 (every stored seed), parameters and GFLOPs at 640 (nc=80) and CPU ms at 640 (fused, batch 1, the models
-interleaved call by call); then each style's ratio to yolov5<scale> and to the plain YOLOv5 nearest in parameters.
+interleaved call by call); then each style's ratio to yolov5<scale> and to the plain YOLOv5 nearest in parameters;
+and, for runs scored with `--exports`, how much mAP50-95 the bf16 and INT8 OpenVINO exports lose against the .pt.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/accuracy"), help="one JSON per finished run")
     p.add_argument("--report", action="store_true", help="only print the table of the finished runs")
     p.add_argument("--all", action="store_true", help="with --report: every model and variant stored for this data and budget")
+    p.add_argument("--exports", action="store_true", help="also score each run's best.pt exported (ONNX, OpenVINO f32, bf16, INT8)")
     p.add_argument("--summary", nargs="+", metavar="SET/BUDGET", help="print one table over these stored sets, e.g. raccoon/e100-i320")
     p.add_argument("--runs", type=int, default=21, help="with --summary: timed calls per model for CPU ms")
     p.add_argument("--passive", action="store_true", help="OpenMP threads sleep while waiting (CPU ms on a shared machine)")
@@ -115,32 +118,55 @@ def result_file(opt, model: str, seed: int, tag: str | None = None) -> Path:
 
 
 def train_one(opt, model: str, seed: int, threads: int) -> str:
-    """Train (or resume) one run unless it has a result.json; returns a line for the log."""
+    """Train (or resume) one run unless it has a result.json, then (--exports) score its exports; a line for the log."""
     from train import recipe_for
 
     folder, result = Path(opt.project) / run_key(opt, model, seed), result_file(opt, model, seed)
-    if result.is_file():
-        return f"done before: {result}"
-    cfg = model_path(model)
-    last = folder / "weights" / "last.pt"
-    if last.is_file():
-        args = ["--resume", str(last)]
-    else:
-        base = Path(opt.hyp) if opt.hyp else recipe_for(cfg)
-        hyp = {**yaml.safe_load(base.read_text()), **overrides(opt.set)}
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "hyp.yaml").write_text(f"# {base} with --set {' '.join(opt.set) or '(none)'}\n" + yaml.safe_dump(hyp, sort_keys=False))
-        args = ["--cfg", str(cfg), "--data", opt.data, "--hyp", str(folder / "hyp.yaml"), "--epochs", str(opt.epochs),
-                "--img", str(opt.img), "--batch-size", str(opt.batch_size), "--seed", str(seed), "--workers", "2",
-                "--project", str(folder.parent), "--name", folder.name, "--exist-ok", "--noplots"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
-    with open(folder / "train.log", "a") as log:
-        rc = subprocess.call([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.is_file():
+        line = f"done before: {result}"
+    else:
+        cfg = model_path(model)
+        last = folder / "weights" / "last.pt"
+        if last.is_file():
+            args = ["--resume", str(last)]
+        else:
+            base = Path(opt.hyp) if opt.hyp else recipe_for(cfg)
+            hyp = {**yaml.safe_load(base.read_text()), **overrides(opt.set)}
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hyp.yaml").write_text(f"# {base} with --set {' '.join(opt.set) or '(none)'}\n" + yaml.safe_dump(hyp, sort_keys=False))
+            args = ["--cfg", str(cfg), "--data", opt.data, "--hyp", str(folder / "hyp.yaml"), "--epochs", str(opt.epochs),
+                    "--img", str(opt.img), "--batch-size", str(opt.batch_size), "--seed", str(seed), "--workers", "2",
+                    "--project", str(folder.parent), "--name", folder.name, "--exist-ok", "--noplots"]
+        with open(folder / "train.log", "a") as log:
+            rc = subprocess.call([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if rc:
+            return f"FAILED (exit {rc}), see {folder / 'train.log'}"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text(json.dumps({**read_result(folder), "hyp": yaml.safe_load((folder / "hyp.yaml").read_text())}, indent=1))
+        line = f"trained: {folder}"
+    if opt.exports:
+        line += "; " + score_exports(opt, folder, result, env)
+    return line
+
+
+def score_exports(opt, folder: Path, result: Path, env: dict) -> str:
+    """val mAP50-95 of the run's best.pt and of its ONNX / OpenVINO f32 / reduced / INT8 exports, into its result JSON."""
+    stored = json.loads(result.read_text())
+    best = folder / "weights" / "best.pt"
+    if "exports" in stored:
+        return "exports scored before"
+    if not best.is_file():
+        return f"exports not scored: {best} is not on this machine"
+    out = folder / "exports.json"
+    with open(folder / "exports.log", "w") as log:
+        rc = subprocess.call([sys.executable, str(ROOT / "benchmarks" / "bench_runtimes.py"), "--weights", str(best), "--data",
+                              opt.data, "--img", str(opt.img), "--json", str(out)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if rc:
-        return f"FAILED (exit {rc}), see {folder / 'train.log'}"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps({**read_result(folder), "hyp": yaml.safe_load((folder / "hyp.yaml").read_text())}, indent=1))
-    return f"trained: {folder}"
+        return f"exports FAILED (exit {rc}), see {folder / 'exports.log'}"
+    stored["exports"] = json.loads(out.read_text())[str(best)]
+    result.write_text(json.dumps(stored, indent=1))
+    return "exports scored"
 
 
 def read_result(folder: Path) -> dict:
@@ -291,7 +317,22 @@ def summary(opt) -> str:
             continue
         twin = min(plain, key=lambda b: abs(costs[b][0] - costs[m][0]))
         lines.append(f"| {Path(m).stem} | {Path(twin).stem} | " + " | ".join(f"{ratio(m, base, sb)} / {ratio(m, twin, sb)}" for sb in opt.summary) + " |")
+    if any("exports" in r for rs in cells.values() for r in rs):
+        lines += ["", "The exports' val mAP50-95 minus the .pt's (val.py at the training size, batch 1; mean over the seeds scored): "
+                  "OpenVINO reduced precision (bf16 on CPUs that have it) / OpenVINO INT8", "",
+                  "| model | " + " | ".join(opt.summary) + " |", "|---|" + "---:|" * len(opt.summary)]
+        for m in models:
+            lines.append(f"| {Path(m).stem} | " + " | ".join(export_drop(cells[m, sb]) for sb in opt.summary) + " |")
     return "\n".join(lines)
+
+
+def export_drop(rs: list[dict]) -> str:
+    """'+0.000 / -0.004 (2)': mean reduced-precision and INT8 mAP50-95 minus the .pt's over the runs that have exports."""
+    rs = [r["exports"] for r in rs if "exports" in r]
+    if not rs:
+        return "-"
+    drop = lambda k: round(statistics.mean(r[k] - r[".pt"] for r in rs), 3) + 0.0  # noqa: E731  (+ 0.0: no "-0.000")
+    return f"{drop('OpenVINO reduced'):+.3f} / {drop('OpenVINO INT8'):+.3f} ({len(rs)})"
 
 
 def main(opt: argparse.Namespace) -> None:

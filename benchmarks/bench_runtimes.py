@@ -14,12 +14,14 @@ with the kernels on. Post-processing (NMS) is not included: it is the same for a
 
 mAP (`--weights`): each trained checkpoint exported with --dynamic (so that every runtime gets the same
 rectangular batches as the .pt: a fixed-size export would be letterboxed differently), then val.py on `--data`
-at `--img` for the .pt and each export: mAP50-95, and the largest difference to the .pt's.
+at `--img` for the .pt and each export (ONNX Runtime, OpenVINO f32, reduced precision, INT8 calibrated on --data's
+training images): mAP50-95, and the largest difference to the .pt's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -108,33 +110,40 @@ def speed_table(opt) -> None:
             print(f"| {name} | {size} | " + " | ".join(f"{ms[k]:.1f}" for k in RUNTIMES) + f" | {ratios} |", flush=True)
 
 
-def map_table(opt) -> None:
+EXPORTS = (".pt", "ONNX Runtime", "OpenVINO f32", "OpenVINO reduced", "OpenVINO INT8")
+
+
+def export_maps(weights: Path, data: str, img: int) -> dict[str, float]:
+    """{runtime: val mAP50-95} of one trained checkpoint and its dynamic exports, val.py at `img`, batch 1."""
     import export
     import val
 
+    with tempfile.TemporaryDirectory() as d:
+        pt = Path(d) / weights.name
+        pt.write_bytes(weights.read_bytes())
+        half_dir = Path(d) / "half"
+        half_dir.mkdir()
+        half_pt = half_dir / weights.name
+        half_pt.write_bytes(weights.read_bytes())
+        files = export.run(weights=pt, include=["onnx", "openvino"], imgsz=[img], dynamic=True)
+        files_half = export.run(weights=half_pt, include=["openvino"], imgsz=[img], half=True, dynamic=True)
+        files_int8 = export.run(weights=pt, include=["openvino"], imgsz=[img], dynamic=True, int8=True, data=data)
+        targets = (pt, files["onnx"]["file"], files["openvino"]["file"], files_half["openvino"]["file"], files_int8["openvino"]["file"])
+        return {label: float(val.run(weights=str(f), data=data, imgsz=img, batch_size=1, workers=0,
+                                     project=str(Path(d) / "val"))["metrics/mAP50-95(B)"])
+                for label, f in zip(EXPORTS, targets)}
+
+
+def map_table(opt) -> None:
     print(f"\nval mAP50-95 on {opt.data} at {opt.img} px (dynamic exports)\n")
-    print("| weights | .pt | ONNX Runtime | OpenVINO f32 | OpenVINO reduced | OpenVINO INT8 | largest difference |\n|---|---:|---:|---:|---:|---:|---:|")
-    key = "metrics/mAP50-95(B)"
+    print("| weights | " + " | ".join(EXPORTS) + " | largest difference |\n|---|" + "---:|" * (len(EXPORTS) + 1))
+    out = {}
     for w in opt.weights:
-        w = Path(w)
-        with tempfile.TemporaryDirectory() as d:
-            pt = Path(d) / w.name
-            pt.write_bytes(w.read_bytes())
-            half_dir = Path(d) / "half"
-            half_dir.mkdir()
-            half_pt = half_dir / w.name
-            half_pt.write_bytes(w.read_bytes())
-            files = export.run(weights=pt, include=["onnx", "openvino"], imgsz=[opt.img], dynamic=True)
-            files_half = export.run(weights=half_pt, include=["openvino"], imgsz=[opt.img], half=True, dynamic=True)
-            files_int8 = export.run(weights=pt, include=["openvino"], imgsz=[opt.img], dynamic=True, int8=True, data=opt.data)
-            results = {}
-            for label, f in ((".pt", pt), ("onnx", files["onnx"]["file"]), ("ov", files["openvino"]["file"]),
-                             ("ov-half", files_half["openvino"]["file"]), ("ov-int8", files_int8["openvino"]["file"])):
-                m = val.run(weights=str(f), data=opt.data, imgsz=opt.img, batch_size=1, workers=0, project=str(Path(d) / "val"))
-                results[label] = m[key]
-        diff = max(abs(results[k] - results[".pt"]) for k in ("onnx", "ov", "ov-half", "ov-int8"))
-        print(f"| {w} | {results['.pt']:.4f} | {results['onnx']:.4f} | {results['ov']:.4f} | {results['ov-half']:.4f} | "
-              f"{results['ov-int8']:.4f} | {diff:.4f} |", flush=True)
+        maps = out[w] = export_maps(Path(w), opt.data, opt.img)
+        diff = max(abs(maps[k] - maps[".pt"]) for k in EXPORTS[1:])
+        print(f"| {w} | " + " | ".join(f"{maps[k]:.4f}" for k in EXPORTS) + f" | {diff:.4f} |", flush=True)
+    if opt.json:
+        Path(opt.json).write_text(json.dumps(out, indent=1))
 
 
 def main():
@@ -146,6 +155,7 @@ def main():
     ap.add_argument("--weights", nargs="+", default=None, help="trained checkpoints: print the mAP table instead")
     ap.add_argument("--data", default="data/shapes.yaml")
     ap.add_argument("--img", type=int, default=160)
+    ap.add_argument("--json", default=None, help="with --weights: also write {weights: {runtime: mAP50-95}} to this file")
     ap.add_argument("--passive", action="store_true", help="OpenMP threads sleep while waiting (shared machine)")
     opt = ap.parse_args()
     torch.set_num_threads(opt.threads)

@@ -112,3 +112,24 @@ def test_summary_of_a_set_never_run_is_one_line(opt):
     opt.summary = ["neu-det/e20-i160"]
     with pytest.raises(SystemExit, match="--summary neu-det/e20-i160: no stored runs"):
         bench.main(opt)
+
+
+def test_exports_are_scored_once_and_only_where_the_weights_are(opt):
+    store(opt, "yolov5n", 0, "", 0.5, 0.2)
+    opt.exports = True
+    assert bench.train_one(opt, "yolov5n", 0, threads=1).endswith("is not on this machine")  # best.pt of another session
+    f = bench.result_file(opt, "yolov5n", 0)
+    f.write_text(json.dumps({**json.loads(f.read_text()), "exports": {".pt": 0.2}}))
+    assert bench.train_one(opt, "yolov5n", 0, threads=1).endswith("exports scored before")
+
+
+def test_summary_reports_what_bf16_and_int8_exports_lose(opt):
+    for seed, (bf16, int8) in enumerate([(0.200, 0.196), (0.300, 0.290)]):
+        store(opt, "yolov5n", seed, "", 0.5, 0.2)
+        f = bench.result_file(opt, "yolov5n", seed)
+        exports = {".pt": 0.2 + 0.1 * seed, "ONNX Runtime": 0.2, "OpenVINO f32": 0.2, "OpenVINO reduced": bf16, "OpenVINO INT8": int8}
+        f.write_text(json.dumps({**json.loads(f.read_text()), "exports": exports}))
+    opt.summary, opt.runs, opt.models = ["raccoon/e40-i160"], 1, ["yolov5n", "yolov5n-gnconv"]
+    lines = bench.summary(opt).splitlines()
+    assert "| yolov5n | +0.000 / -0.007 (2) |" in lines  # INT8: mean of -0.004 and -0.010
+    assert "| yolov5n-gnconv | - |" in lines
