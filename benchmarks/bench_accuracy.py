@@ -1,4 +1,4 @@
-"""Accuracy table: model YAMLs trained from scratch on one data YAML at one budget over several seeds (issue 11).
+"""Accuracy table: model YAMLs trained from scratch on one data YAML at one budget over several seeds.
 
     python benchmarks/bench_accuracy.py --data ../shared/datasets/raccoon/data.yaml --scale s --epochs 40 --img 160 --seeds 0 1
     python benchmarks/bench_accuracy.py --data ../shared/datasets/bccd/data.yaml --scale n --epochs 100 --img 320

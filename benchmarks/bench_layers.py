@@ -1,4 +1,4 @@
-"""Speed of the HorNet layers against a plain implementation of the paper's formulas (issue 6).
+"""Speed of the HorNet layers against a plain implementation of the paper's formulas.
 
     python benchmarks/bench_layers.py                 # 2 threads, the full table (a few minutes)
     python benchmarks/bench_layers.py --reps 5 --quick
@@ -476,7 +476,7 @@ def main():
             rows.append(line)
             results[(name, label + (" fused" if "fused" in k else ""))] = (t["plain"][0] / t[k][0], t["plain"][1] / t[k][1], diff)
 
-    print("\nTargets (issue 6):")
+    print("\nTargets:")
     checks = [
         ("HorBlock 7x7 order 3, 8x128x40x40", "fwd+bwd", 1.5),
         ("HorBlock GF order 3, 8x128x40x40", "fwd+bwd", 1.5),

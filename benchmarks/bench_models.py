@@ -1,4 +1,4 @@
-"""Model table: parameters, GFLOPs, CPU inference time and training speed of every model YAML (issue 6).
+"""Model table: parameters, GFLOPs, CPU inference time and training speed of every model YAML.
 
     python benchmarks/bench_models.py                      # every cfg/*.yaml, 2 threads
     python benchmarks/bench_models.py --hornet             # also the full-size cfg/hornet/*.yaml

@@ -77,3 +77,12 @@ def said():
     logger.addHandler(handler)
     yield lines
     logger.removeHandler(handler)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Without the official fixtures the layers were not compared with the paper's code: say so last, where it is seen."""
+    if not (FIXTURES / "hornet_reference.pt").is_file():
+        terminalreporter.write_sep("!", "THE PAPER WAS NOT CHECKED", red=True, bold=True)
+        terminalreporter.write_line(f"No official reference tensors at {FIXTURES}: the tests that compare gnConv, HorBlock, the Global Filter "
+                                    "and the official checkpoints with the paper's code were skipped. Put ../shared beside the project "
+                                    "and run again.", red=True)
