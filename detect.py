@@ -33,7 +33,7 @@ from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402
 from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import HorNetPredictor, SourceError, default_source, is_stream, newest_weights, resolve_source  # noqa: E402
-from utils.trainer import check_device, increment_run_dir, warn_overwrite  # noqa: E402
+from utils.runs import check_device, increment_run_dir, warn_overwrite  # noqa: E402
 
 class _HoldSavedLine(logging.Filter):
     """Hold back the engine's 'Results saved to ...' line until it is known that the run folder stays (a run that

@@ -46,7 +46,7 @@ from utils.export import (  # noqa: E402
     torchscript_output,
 )
 from utils.predict import newest_weights  # noqa: E402
-from utils.trainer import check_device  # noqa: E402
+from utils.runs import check_device  # noqa: E402
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}  # appended to the weights' stem
 TOLERANCE = 1e-3  # largest accepted |export - PyTorch| on scores, and on boxes as a fraction of the image size

@@ -29,7 +29,9 @@ from ultralytics.engine.model import Model as EngineModel
 from ultralytics.utils import DEFAULT_CFG_DICT
 from utils.export import runnable
 from utils.predict import HorNetPredictor, resolve_source
-from utils.trainer import HYP_KEYS, HorNetTrainer, HorNetValidator, check_hyp
+from utils.hyp import HYP_KEYS, check_hyp
+from utils.trainer import HorNetTrainer
+from utils.validator import HorNetValidator
 
 ROOT = Path(__file__).resolve().parent
 

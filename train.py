@@ -27,25 +27,14 @@ import models  # noqa: E402,F401  (offline mode and safe loading before ultralyt
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.data import DataConfigError, load_data_config  # noqa: E402
-from utils.trainer import (  # noqa: E402
-    DeviceError,
-    DiskFullError,
-    HorNetTrainer,
-    HypError,
-    ResumeError,
-    RunDirError,
-    check_device,
-    discard_unused_run_dir,
-    increment_run_dir,
-    load_hyp,
-)
+from utils.hyp import RECIPES, HypError, load_hyp, model_family, recipe_for  # noqa: E402
+from utils.runs import DeviceError, DiskFullError, ResumeError, RunDirError, check_device, discard_unused_run_dir, increment_run_dir  # noqa: E402
+from utils.trainer import HorNetTrainer  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
 HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
 # Flags a resumed run may change (they do not change the results); it takes the rest from its checkpoint.
 RESUME_FLAGS = {"resume", "device", "workers", "cache", "project"}
-# The recipe train.py picks when --hyp is not given (measured per family: README, "Accuracy on real photos")
-RECIPES = {"hornet": ROOT / "data/hyps/hyp.hornet.yaml", "yolov5": ROOT / "data/hyps/hyp.scratch-adamw.yaml"}
 
 
 class FlagError(ValueError):
@@ -88,25 +77,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--evolve", type=int, nargs="?", const=300, default=None, help="evolve hyperparameters for x generations (runs/evolve)")
     p.add_argument("--verbose", action="store_true", help="list every tensor --weights transferred, or why not")
     return p.parse_args(argv)
-
-
-def model_family(model) -> str:
-    """'hornet' if any row of a model YAML or of a checkpoint's model is a HorNet layer, else 'yolov5'."""
-    from models.checkpoints import read_weights, weights_format
-    from models.hornet import C3HB, HORNET_LAYERS, HorNet
-    from models.registry import REGISTRY
-    from models.yolo import load_model_yaml, weights_yaml
-
-    d = weights_yaml(read_weights(model)) if weights_format(model) == "checkpoint" else load_model_yaml(model)
-    rows = [*(d.get("backbone") or []), *(d.get("head") or [])]
-    names = {row[2] for row in rows if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str)}
-    hornet = any(name in REGISTRY and issubclass(REGISTRY[name].cls, (*HORNET_LAYERS, C3HB, HorNet)) for name in names)
-    return "hornet" if hornet else "yolov5"
-
-
-def recipe_for(model) -> Path:
-    """The hyp file train.py uses for a model when --hyp is not given."""
-    return RECIPES[model_family(model)]
 
 
 def in_repo(path: str | None, folder: str = "") -> str | None:

@@ -27,7 +27,8 @@ import models  # noqa: E402,F401  (offline mode and safe loading before ultralyt
 from utils.data import load_data_config  # noqa: E402
 from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import newest_weights  # noqa: E402
-from utils.trainer import HorNetValidator, check_device, discard_unused_run_dir, increment_run_dir, warn_overwrite  # noqa: E402
+from utils.runs import check_device, discard_unused_run_dir, increment_run_dir, warn_overwrite  # noqa: E402
+from utils.validator import HorNetValidator  # noqa: E402
 
 
 def parse_opt(argv=None) -> argparse.Namespace:

@@ -119,7 +119,7 @@ def result_file(opt, model: str, seed: int, tag: str | None = None) -> Path:
 
 def train_one(opt, model: str, seed: int, threads: int) -> str:
     """Train (or resume) one run unless it has a result.json, then (--exports) score its exports; a line for the log."""
-    from train import recipe_for
+    from utils.hyp import recipe_for
 
     folder, result = Path(opt.project) / run_key(opt, model, seed), result_file(opt, model, seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
@@ -226,8 +226,8 @@ def table(opt, models: list[str]) -> str:
 
 def variants_table(opt) -> str:
     """Markdown: every stored model and variant (tag and its hyp overrides against the family recipe)."""
-    from train import recipe_for
-    from utils.trainer import EXTRA_DEFAULTS
+    from utils.hyp import recipe_for
+    from utils.hyp import EXTRA_DEFAULTS
 
     lines = [f"{data_name(opt.data)}, {opt.epochs} epochs at {opt.img} px, seeds {' '.join(map(str, opt.seeds))}", "",
              "| model | variant | changes | runs | mAP50 mean (min-max) | mAP50-95 mean (min-max) | vs YOLOv5 | s/epoch |",

@@ -27,7 +27,7 @@ import torch
 
 from conftest import shapes_data_yaml
 from models.yolo import read_checkpoint
-from utils.trainer import ResumeError, increment_run_dir, keep_epochs, lock_run
+from utils.runs import ResumeError, increment_run_dir, keep_epochs, lock_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -345,7 +345,7 @@ def test_resume_names_the_flags_it_ignores():
 
 
 def test_exist_ok_names_what_it_overwrites(tmp_path, said):
-    from utils.trainer import warn_overwrite
+    from utils.runs import warn_overwrite
 
     warn_overwrite(tmp_path / "exp")  # no earlier run: nothing to say
     (tmp_path / "exp" / "weights").mkdir(parents=True)
@@ -442,7 +442,7 @@ def test_resume_refuses_a_last_pt_of_another_run(mistakes, tiny_data, tmp_path):
     import yaml
 
     from models.yolo import load_model_yaml
-    from utils.trainer import other_run
+    from utils.runs import other_run
 
     cfg = load_model_yaml(ROOT / "cfg" / "yolov5n.yaml")  # the same rows with the anchor-free head
     cfg.pop("anchors")
@@ -567,7 +567,7 @@ def test_a_row_whose_module_is_a_mapping():
 
 def test_resume_tells_runs_apart_without_run_ids(tmp_path):
     """Checkpoints from before run ids: the start folder in args.yaml and results.csv's columns decide."""
-    from utils.trainer import other_run
+    from utils.runs import other_run
 
     run = tmp_path / "exp"
     (run / "weights").mkdir(parents=True)
@@ -614,7 +614,7 @@ def test_huge_values_and_rows_are_refused_quickly_in_short_lines(tmp_path):
     would build too much (HorNet depths [2, 3, 100000, 2], a million channels) refused before building."""
     from models.yolo import ModelConfigError, Model
     from utils.data import DataConfigError, read_data_yaml
-    from utils.trainer import HypError, load_hyp
+    from utils.hyp import HypError, load_hyp
 
     huge = "x" * 10_000_000
     files = {

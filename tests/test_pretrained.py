@@ -98,11 +98,12 @@ def test_a_checkpoint_in_upper_case_is_a_checkpoint(tmp_path):
     import shutil
 
     import train
+    from utils.hyp import model_family
 
     f = tmp_path / "yolov5n.PT"
     shutil.copy(peer("yolov5n_raccoon.pt"), f)
     assert train.model_of(train.parse_opt(["--weights", str(f)])) == str(f)
-    assert train.model_family(str(f)) == "yolov5" and load_model(f).weights_source == "YOLOv5"
+    assert model_family(str(f)) == "yolov5" and load_model(f).weights_source == "YOLOv5"
 
 
 # --- refusing what would run code ------------------------------------------------------------------------------------

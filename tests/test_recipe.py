@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 import train  # noqa: E402
 from models.hornet import C3HB, HorBlock, set_layer_scale  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, load_hyp  # noqa: E402
+from utils.hyp import EXTRA_DEFAULTS, HypError, load_hyp, recipe_for  # noqa: E402
+from utils.trainer import HorNetTrainer  # noqa: E402
 
 
 def groups_of(cfg: str, hornet_lr_scale: float = 1.0) -> tuple[dict, list]:
@@ -127,7 +128,7 @@ def test_layer_scale_hyp_reaches_the_model(tmp_path):
     ("cfg/hornet/yolov5-hornet-t.yaml", "hyp.hornet.yaml"),
 ])
 def test_train_picks_the_recipe_of_the_model(cfg, recipe):
-    assert train.recipe_for(ROOT / cfg).name == recipe
+    assert recipe_for(ROOT / cfg).name == recipe
 
 
 def test_train_says_which_recipe_and_hyp_overrides(tmp_path):

@@ -78,7 +78,7 @@ def test_a_run_stopped_in_its_final_validation_finishes_it_on_resume(tiny, tmp_p
     that), and a second --resume says the run is finished."""
     import train
     from models.yolo import read_checkpoint
-    from utils.trainer import ResumeError
+    from utils.runs import ResumeError
 
     finals = []
 

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 import train  # noqa: E402
 from conftest import shapes_data_yaml  # noqa: E402
 from models.yolo import Model, load_model  # noqa: E402
-from utils.trainer import EXTRA_DEFAULTS, HorNetTrainer, HypError, increment_run_dir, load_hyp  # noqa: E402
+from utils.hyp import EXTRA_DEFAULTS, HypError, load_hyp  # noqa: E402
+from utils.runs import increment_run_dir  # noqa: E402
+from utils.trainer import HorNetTrainer  # noqa: E402
 
 NAMES = ["circle", "square", "triangle", "star", "cross", "hexagon"]
 FAST = ["--img", "64", "--batch-size", "4", "--workers", "0", "--noplots"]

@@ -59,7 +59,7 @@ def evolve(opt, generations: int, base_hyp: dict, train_main) -> Path:
     """Run `generations` trainings (`train_main(opt, hyp=...)`, train.py's main) into an evolve folder; returns it."""
     from ultralytics.utils import LOGGER
 
-    from utils.trainer import increment_run_dir
+    from utils.runs import increment_run_dir
 
     root = Path(opt.project).resolve().parent / "evolve" if Path(opt.project).name == "train" else Path(opt.project).resolve()
     folder = increment_run_dir(root, opt.name, opt.exist_ok)

@@ -1,7 +1,7 @@
 """Engine glue: our model, loss, hyps and weights_only checkpoints on the ultralytics DetectionTrainer/Validator.
 
 In: the ultralytics trainer args (`overrides`, a dict of its own keys) plus the YOLOv5-only keys in
-`EXTRA_DEFAULTS` (obj, anchor_t, fl_gamma, label_smoothing, drop_path, autoanchor, weights, ...), which
+`utils.hyp.EXTRA_DEFAULTS` (obj, anchor_t, fl_gamma, label_smoothing, drop_path, autoanchor, weights, ...), which
 ride on the same args namespace (so DDP workers and checkpoints carry them) but are kept away from the
 engine's key check. Out: runs under `save_dir` with results.csv and `weights/last.pt`, `best.pt` written
 by `models.yolo.save_checkpoint` (plain tensors and dicts: `torch.load(..., weights_only=True)` works).
@@ -33,58 +33,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import distributed as dist
 
 import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights
-from models.loss import LOSS_DEFAULTS
-from models.safe_yaml import YAMLTooLarge, load_yaml, load_yaml_file, short
 from models.checkpoints import OFFICIAL_HORNET, OURS, Weights, plain, read_weights, weights_format
-from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint, yaml_problem
+from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_model, load_own_state, read_checkpoint, save_checkpoint, transfer_weights, weights_yaml, write_checkpoint
 from utils import ddp
 from utils.autoanchor import check_anchors
 from utils.data import EpochSampler, build_yolo_dataset, load_data_config
-from utils.export import run_in_export_precision
+from utils.hyp import EXTRA_DEFAULTS, HYP_KEYS
+from utils.validator import HorNetValidator
+from utils.runs import DiskFullError, ResumeError, keep_epochs, lock_run, other_run, warn_overwrite
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
-from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.files import get_latest_run
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
-
-# YOLOv5 hyp keys that are ultralytics trainer args of the same name and meaning.
-# Not `cls_pw`: YOLOv5's is a class-BCE positive weight, the engine's a class-frequency weight power.
-ENGINE_HYP_KEYS = (
-    "lr0 lrf momentum weight_decay warmup_epochs warmup_momentum warmup_bias_lr box cls dfl "
-    "hsv_h hsv_s hsv_v degrees translate scale shear perspective flipud fliplr mosaic mixup copy_paste "
-    "cutmix bgr close_mosaic nbs"
-).split()
-
-# Keys the ultralytics args do not have: YOLOv5's loss/anchor hyps and our own options, with defaults.
-EXTRA_DEFAULTS = {
-    **{k: LOSS_DEFAULTS[k] for k in ("obj", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing")},  # the anchor loss's
-    "iou_t": 0.2,  # YOLOv5 keeps it in its hyps; unused in training
-    "drop_path": 0.0,  # stochastic depth over the HorBlocks
-    "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
-    "hornet_lr_scale": 1.0,  # the HorNet layers' learning rate as a fraction of lr0 (1.0: one rate for all)
-    "ema_decay": 0.9999,  # the weight EMA's largest decay (the engine's ModelEMA default)
-    "ema_tau": 2000,  # optimizer steps over which the EMA's decay ramps up to ema_decay (the engine's default)
-    "autoanchor": True,  # check (and fix) the anchors before training
-    "sync_bn": False,  # BatchNorm statistics over all GPUs of a DDP run (SyncBatchNorm; GPUs only)
-    "weights": "",  # initial weights: a checkpoint of ours, YOLOv5's, YOLOAir's, ultralytics', or official HorNet
-    "verbose_transfer": False,  # list every tensor --weights moved or did not
-    "hyp": "",  # the hyp file used (recorded for the run)
-    "albumentations": "",  # the albumentations file used (recorded; the transforms are in `augmentations`)
-    "run_id": "",  # made when a run starts; args.yaml and every checkpoint hold it, so --resume tells this folder's run from another's
-}
-HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS
-                                if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn", "run_id"}))
-HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
-              "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
-HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
 
 # Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
 RESUME_ALLOWED = {"device", "workers", "cache", "plots", "save_period", "patience"}
@@ -93,251 +61,9 @@ RESUME_ALLOWED = {"device", "workers", "cache", "plots", "save_period", "patienc
 ANCHOR_FREE_GAINS = {k: DEFAULT_CFG_DICT[k] for k in ("box", "cls", "dfl")}
 
 
-class HypError(ValueError):
-    """A hyp file with an unknown key or a bad value; the message names the file and the key."""
-
-
-def load_hyp(path) -> dict:
-    """The hyperparameters of a YOLOv5-style hyp YAML, checked: unknown keys and non-numbers are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"hyp file not found: {path}")
-    try:
-        hyp = load_yaml(path.read_text(), path) or {}
-    except yaml.YAMLError as e:
-        raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
-    except YAMLTooLarge as e:
-        raise HypError(str(e)) from None
-    if not isinstance(hyp, dict):
-        raise HypError(f"{path}: a hyp file must be a mapping of key: value")
-    return check_hyp(hyp, path)
-
-
-def check_hyp(hyp: dict, source) -> dict:
-    """`hyp` with YOLO-style string numbers read as numbers; HypError naming `source` and the key for anything else."""
-    path = source
-    for k, v in hyp.items():
-        if isinstance(v, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
-            try:
-                hyp[k] = v = float(v)
-            except ValueError:
-                pass
-        if k == "optimizer":
-            if v not in {"SGD", "Adam", "AdamW"}:
-                raise HypError(f"{path}: optimizer must be SGD, Adam or AdamW, got {short(v)}")
-        elif k == "cls_pw":  # every YOLOv5 hyp file has 1.0 (no effect); other values have no equivalent here
-            if v != 1.0:
-                raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {short(v)}")
-        elif k not in HYP_KEYS:
-            import difflib
-
-            close = difflib.get_close_matches(str(k)[:100], HYP_KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            known = ", ".join((*HYP_KEYS, *HYP_FILE_ONLY))
-            raise HypError(f"{path}: unknown hyperparameter {short(k)}{hint}; known keys: {known}")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise HypError(f"{path}: hyperparameter '{k}' must be a number, got {short(v)}")
-        elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
-            low, high = HYP_RANGES[k]
-            raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {short(v)}")
-    return hyp
-
-
-class DeviceError(ValueError):
-    """A --device this machine cannot run on ('0' without a GPU, a GPU index too high); the message names the flag."""
-
-
-def check_device(device) -> None:
-    """Raise DeviceError naming --device when this machine cannot run on it."""
-    if device in (None, "", "cpu"):
-        return
-    if str(device).strip().lower() in {"mps", "mps:0"} and not torch.backends.mps.is_available():
-        # the engine falls back to the CPU without a word here, while it refuses a missing CUDA device
-        raise DeviceError(f"--device {device}: Apple's MPS is not available on this machine (torch "
-                          f"{torch.__version__}; it needs macOS on Apple silicon): use --device cpu")
-    from ultralytics.utils.torch_utils import select_device
-
-    try:
-        select_device(str(device), verbose=False)
-    except ValueError as e:
-        raise DeviceError(f"--device {device}: {str(e).splitlines()[0]}") from None
-
-
-class RunDirError(ValueError):
-    """A --project (or project/name) where no run folder can be made: a file, read-only, not permitted."""
-
-
-def increment_run_dir(project, name: str = "exp", exist_ok: bool = False) -> Path:
-    """YOLOv5's run folders: project/exp, exp2, exp3, ... made here so that two runs never share one.
-
-    Raises RunDirError naming --project when the folder cannot be made there.
-    """
-    project = Path(project)
-    try:
-        project.mkdir(parents=True, exist_ok=True)
-        path = project / name
-        if exist_ok:
-            path.mkdir(exist_ok=True)
-            return path
-        for n in range(1, 10000):
-            path = project / (name if n == 1 else f"{name}{n}")
-            try:
-                path.mkdir()  # atomic: the run that creates the folder owns it
-                return path
-            except FileExistsError:
-                continue
-    except OSError as e:
-        at = Path(e.filename) if e.filename else project
-        if at.exists() and not at.is_dir():
-            raise RunDirError(f"--project {project}: {at} is a file, not a folder") from None
-        raise RunDirError(f"--project {project}: cannot make a run folder there ({e.strerror or e}: {at})") from None
-    raise RunDirError(f"--project {project}: no free run folder for {name} (up to {name}9999 exist)")
-
-
-class DiskFullError(OSError):
-    """A checkpoint that does not fit on its disk; the message names the folder and the space it needs."""
-
-
-class ResumeError(ValueError):
-    """A --resume that cannot go on: the run finished, or another process is still training it."""
-
-
-def lock_run(save_dir):
-    """Hold an exclusive lock on `save_dir/.lock` while this process lives (the OS drops it however we die).
-
-    Returns the open lock file (keep it), or None where file locks do not exist (Windows). Raises ResumeError
-    naming the process that holds the lock: two trainings in one folder would interleave their epochs.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
-    f = open(Path(save_dir) / ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise ResumeError(f"{save_dir} is still training in process {pid}: wait for it to finish or stop it (kill {pid}) first") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
-
-
-def run_results(path) -> list[str]:
-    """What an earlier run left in the folder `path` (results.csv, weights, predictions, labels), relative names."""
-    path = Path(path)
-    found = [p for pattern in ("results.csv", "predictions.json", "weights/*.pt", "labels/*.txt") for p in sorted(path.glob(pattern))]
-    return [str(p.relative_to(path)) for p in found]
-
-
-def warn_overwrite(path) -> None:
-    """One line naming what --exist-ok is about to overwrite in an earlier run's folder."""
-    found = run_results(path)
-    if found:
-        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        LOGGER.warning(f"--exist-ok: {path} holds an earlier run; its {shown} will be overwritten")
-
-
-def discard_unused_run_dir(path) -> bool:
-    """Remove a run folder this process made when the run stopped before writing any result into it."""
-    path = Path(path)
-    if not path.is_dir() or run_results(path):
-        return False
-    shutil.rmtree(path, ignore_errors=True)
-    LOGGER.info(f"removed {path}: the run stopped before it saved any result")
-    return True
-
-
-def keep_epochs(csv, last_epoch: int) -> int:
-    """Drop the rows of results.csv after `last_epoch` (1-based) and any torn row; returns how many were dropped.
-
-    The engine writes an epoch's row before its last.pt, so a run killed between the two has a row that
-    last.pt does not hold, and resuming would write that epoch again. With `last_epoch` 0 (no checkpoint)
-    the file goes: the engine writes a new header with the first row.
-    """
-    csv = Path(csv)
-    if not csv.is_file():
-        return 0
-    header, *rows = csv.read_text(encoding="utf-8").splitlines() or [""]
-
-    def held(row: str) -> bool:
-        try:
-            return row.count(",") == header.count(",") and float(row.split(",")[0]) <= last_epoch
-        except ValueError:
-            return False
-
-    keep = [r for r in rows if held(r)]
-    if not keep and last_epoch < 1:
-        csv.unlink()
-    elif len(keep) < len(rows):
-        tmp = csv.with_name(csv.name + ".tmp")
-        tmp.write_text("\n".join([header, *keep]) + "\n", encoding="utf-8")
-        os.replace(tmp, csv)
-    return len(rows) - len(keep)
-
-
-def other_run(last, ckpt: dict) -> str | None:
-    """Why resuming `last` would mix two runs in its folder, or None when the folder holds the checkpoint's own run.
-
-    The folder's args.yaml (written when its run started) must carry the checkpoint's run id; for checkpoints from
-    before run ids, the same start folder, and its results.csv the checkpoint's metric columns. A run folder that
-    was moved or renamed as a whole passes.
-    """
-    last = Path(last)
-    run_dir = last.resolve().parent.parent
-    args = ckpt.get("train_args") or {}
-    try:
-        here = load_yaml_file(run_dir / "args.yaml") if (run_dir / "args.yaml").is_file() else None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, YAMLTooLarge):
-        here = None
-    here = here if isinstance(here, dict) else None
-    csv = run_dir / "results.csv"
-    header = csv.read_text(encoding="utf-8").splitlines()[:1] if csv.is_file() else []
-    columns = {c.strip() for c in header[0].split(",")} if header else set()
-    wanted = [k for k in (ckpt.get("train_metrics") or {}) if k != "fitness"]
-    by_id = here is not None and bool(args.get("run_id")) and bool(here.get("run_id"))
-    if by_id:
-        same = args["run_id"] == here["run_id"]
-    else:
-        same = here is None or str(args.get("save_dir")) == str(here.get("save_dir"))
-    missing = [] if by_id else [k for k in wanted if columns and k not in columns]  # the ids decide where both have one
-    if same and not missing:
-        return None
-    theirs = f"{(ckpt.get('model_yaml') or {}).get('yaml_file', '?')}, started in {args.get('save_dir', '?')}"
-    ours = f"{here.get('model', '?')}, started in {here.get('save_dir', '?')}" if here else "another model"
-    why = f"results.csv has no {missing[0]} column" if missing else f"args.yaml is another run's ({ours})"
-    return (f"--resume {last}: this last.pt is from another run ({theirs}) than the one {run_dir} holds ({why}): resuming "
-            f"would train its model there and append to that results.csv; resume it from a run folder of its own, or "
-            f"train from its weights: python train.py --weights {last}")
-
 
 def _head(model) -> torch.nn.Module:
     return unwrap_model(model).model[-1]
-
-
-class HorNetValidator(DetectionValidator):
-    """The ultralytics DetectionValidator, with datasets built by `utils.data.build_yolo_dataset` (bad rows skipped, named).
-
-    Takes the trainer's args too: our extra keys (EXTRA_DEFAULTS) are dropped before the engine checks them.
-    """
-
-    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
-        args = {k: v for k, v in (vars(args) if not isinstance(args, dict) and args is not None else args or {}).items()
-                if k not in EXTRA_DEFAULTS}
-        super().__init__(dataloader, save_dir, args, _callbacks)
-
-    def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
-        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
-
-    def init_metrics(self, model):
-        """The engine's; first an OpenVINO export is set to compute in the precision it was exported for."""
-        run_in_export_precision(model, self.args.model, half=self.args.quantize == 16)
-        super().init_metrics(model)
 
 
 class HorNetTrainer(DetectionTrainer):
