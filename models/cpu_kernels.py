@@ -1,8 +1,8 @@
 """CPU float32 kernels for gnConv and HorBlock: the arithmetic of models/hornet.py in forms that measured faster.
 
-The layers in models/hornet.py are the paper's, in plain PyTorch. Each gnConv and HorBlock asks `applies(x, self)`
-once per call (its one dispatch point) and, when the answer is yes, runs `gnconv(...)` / `horblock(...)` from here
-instead. The numbers are the same up to float32 rounding (tests/test_fuse.py holds both paths to the official
+The layers in models/hornet.py write the paper's formulas once and run their steps as `PlainOps` (plain PyTorch).
+Each gnConv and HorBlock MLP asks `applies(x, self)` once per call (its one dispatch point) and, when the answer is
+yes, runs the same five steps from here instead: `project_in`, `filter`, `pointwise`, `project_out`, `mlp`. The numbers are the same up to float32 rounding (tests/test_fuse.py holds both paths to the official
 fixtures); only the speed differs (benchmarks/bench_layers.py, docs/speed.md):
 
 - training: the depth-wise conv with its own backward (`_DepthwiseConvCPU`), HorBlock's MLP on oneDNN a block of
@@ -102,50 +102,20 @@ def applies(x: torch.Tensor, block: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The kernels: called by gnConv.forward and HorBlock.forward when `applies`
+# The steps: PlainOps' five, called by gnConv.forward and HorBlock.mlp when `applies`
 # ---------------------------------------------------------------------------------------------------
 
 
-def horblock(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """HorBlock.forward for a channels-last (B, C, H, W) `x` (after the block's `proj`)."""
-    gamma1, gamma2 = (None, None) if block.fused else (block.gamma1, block.gamma2)
-    if not torch.is_grad_enabled() and (not block.training or block.drop_path.p == 0):
-        # both residual adds inside the GEMMs before them (oneDNN's add post-op)
-        x = gnconv(block.gnconv, block.norm1(x), gamma1, residual=x)
-        x = x.permute(0, 2, 3, 1)  # a free view: proj_out wrote channels-last
-        return _mlp(block, block.norm2(x), gamma2, residual=x).permute(0, 3, 1, 2)
-    x = x + block.drop_path(gnconv(block.gnconv, block.norm1(x), gamma1))
-    y = _mlp(block, block.norm2(x.permute(0, 2, 3, 1)), gamma2)
-    return x + block.drop_path(y.permute(0, 3, 1, 2))
+def project_in(g: nn.Module, x: torch.Tensor):
+    """PlainOps.project_in; in inference as two linears, so that q reaches the filter contiguous."""
+    if torch.is_grad_enabled():
+        return g.proj_in(x).split((g.dims[0], sum(g.dims)), dim=1)
+    d0, w, b = g.dims[0], g.proj_in.weight.flatten(1), g.proj_in.bias
+    return _pointwise(x, w[:d0], b[:d0]), _pointwise(x, w[d0:], b[d0:])
 
 
-def gnconv(g: nn.Module, x: torch.Tensor, gamma: torch.Tensor | None = None, residual=None) -> torch.Tensor:
-    """gnConv.forward for a channels-last `x`; `gamma` folded into proj_out, `residual` (inference only) added in it."""
-    d0 = g.dims[0]
-    if not torch.is_grad_enabled():  # proj_in as two linears, so that q reaches the filter contiguous
-        w, b = g.proj_in.weight.flatten(1), g.proj_in.bias
-        p, q = _pointwise(x, w[:d0], b[:d0]), _pointwise(x, w[d0:], b[d0:])
-        q = _filter(g, q).split(g.dims, dim=1)
-        p = p.mul_(q[0])
-        for pw, qk in zip(g.pws, q[1:]):
-            p = _pointwise(p, pw.weight.flatten(1), pw.bias).mul_(qk)
-        w, b = g.proj_out.weight.flatten(1), g.proj_out.bias
-        if gamma is not None:
-            w, b = w * gamma[:, None], b * gamma
-        return _pointwise(p, w, b, residual)
-    p, q = g.proj_in(x).split((d0, sum(g.dims)), dim=1)
-    q = _filter(g, q).split(g.dims, dim=1)
-    p = p * q[0]
-    for pw, qk in zip(g.pws, q[1:]):
-        p = pw(p) * qk
-    w, b = g.proj_out.weight, g.proj_out.bias
-    if gamma is not None:
-        w, b = w * gamma[:, None, None, None], b * gamma
-    return F.conv2d(p, w, b)
-
-
-def _filter(g: nn.Module, q: torch.Tensor) -> torch.Tensor:
-    """gnConv's filter times s: the depth-wise conv through `_depthwise`, the Global Filter as it is."""
+def filter(g: nn.Module, q: torch.Tensor) -> torch.Tensor:
+    """PlainOps.filter: the depth-wise conv through `_DepthwiseConvCPU` in training, the Global Filter as it is."""
     f = g.dwconv
     if not isinstance(f, nn.Conv2d):
         return f(q, g.scale)
@@ -155,6 +125,22 @@ def _filter(g: nn.Module, q: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return F.conv2d(q, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
     return _DepthwiseConvCPU.apply(q.contiguous(memory_format=torch.channels_last), weight, bias)
+
+
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """PlainOps.pointwise; in inference as a linear on the channels-last view."""
+    return conv(x) if torch.is_grad_enabled() else _pointwise(x, conv.weight.flatten(1), conv.bias)
+
+
+def project_out(g: nn.Module, p: torch.Tensor, gamma=None, residual=None) -> torch.Tensor:
+    """PlainOps.project_out; in inference the residual is added inside the GEMM (oneDNN's add post-op)."""
+    w, b = g.proj_out.weight, g.proj_out.bias
+    if gamma is not None:
+        w, b = w * gamma[:, None, None, None], b * gamma
+    if not torch.is_grad_enabled():
+        return _pointwise(p, w.flatten(1), b, residual)
+    out = F.conv2d(p, w, b)
+    return out if residual is None else residual + out
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual=None) -> torch.Tensor:
@@ -275,17 +261,16 @@ class _MlpCPU(torch.autograd.Function):
         return grad_x, grad_w1, grad_b1, grad_w2, grad.sum(0)
 
 
-def _mlp(block: nn.Module, x: torch.Tensor, gamma: torch.Tensor | None, residual=None) -> torch.Tensor:
-    """gamma * pwconv2(GELU(pwconv1(x))) for x (B, H, W, C); gamma (None after fuse()) folded into pwconv2.
-
-    Plus `residual` (B, H, W, C) contiguous, when given: inference only."""
+def mlp(block: nn.Module, x: torch.Tensor, gamma=None, residual=None) -> torch.Tensor:
+    """PlainOps.mlp: oneDNN in row blocks (`_MlpCPU` in training), the residual added inside the second GEMM in
+    inference; x and residual channels-last (B, C, H, W)."""
     w1, b1, w2, b2 = block.pwconv1.weight, block.pwconv1.bias, block.pwconv2.weight, block.pwconv2.bias
     if gamma is not None:
         w2, b2 = w2 * gamma[:, None], b2 * gamma
+    x = block.norm2(x.permute(0, 2, 3, 1))  # a free view: x is channels-last
     rows = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled():
-        y = _MlpCPU.apply(rows, w1, b1, w2, b2)
-    else:
-        res = None if residual is None else residual.reshape(-1, residual.shape[-1])
-        y = _mlp_rows(rows, w1, b1, w2, b2, keep_hidden=False, residual=res)[0]
-    return y.view(*x.shape[:-1], -1)
+        y = _MlpCPU.apply(rows, w1, b1, w2, b2).view(x.shape).permute(0, 3, 1, 2)
+        return y if residual is None else residual + y
+    res = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
+    return _mlp_rows(rows, w1, b1, w2, b2, keep_hidden=False, residual=res)[0].view(x.shape).permute(0, 3, 1, 2)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.heads import AnchorDetect
-from models.hornet import GlobalLocalFilter, HorBlock, LayerNorm2d, scaled_call
+from models.hornet import GlobalLocalFilter, HorBlock, LayerNorm2d
 from ultralytics.nn.modules import Detect
 
 
@@ -55,28 +55,22 @@ class ChannelNorm(LayerNorm2d):
 class ExportHorBlock(HorBlock):
     """HorBlock with its LayerNorm + MLP as a channel norm and two 1x1 convolutions on (B, C, H, W)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        gamma1, gamma2 = (None, None) if self.fused else (self.gamma1, self.gamma2)
-        x = x + self.gnconv(self.norm1(x), gamma1)
+    def mlp(self, x: torch.Tensor, gamma=None, residual=None) -> torch.Tensor:
         y = self.act(F.conv2d(channel_norm(x, self.norm2), self.pwconv1.weight[:, :, None, None], self.pwconv1.bias))
         w, b = self.pwconv2.weight, self.pwconv2.bias
-        if gamma2 is not None:
-            w, b = w * gamma2[:, None], b * gamma2
-        return x + F.conv2d(y, w[:, :, None, None], b)
+        if gamma is not None:
+            w, b = w * gamma[:, None], b * gamma
+        y = F.conv2d(y, w[:, :, None, None], b)
+        return y if residual is None else residual + y
 
 
 class _ExportGlobalFilter(GlobalLocalFilter):
     """GlobalLocalFilter with its halves interleaved in (B, C, H, W) (one stack); subclasses give `global_filter`."""
 
-    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        x = self.pre_norm(x)
-        local, glob = x.chunk(2, dim=1)
-        local = self.dw(local)
-        glob = self.global_filter(glob).to(local.dtype)
+    @staticmethod
+    def interleave(local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
         B, C, H, W = glob.shape
-        y = torch.stack((local, glob), dim=2).reshape(B, 2 * C, H, W)  # channel 2c + j: local, global, local, ...
-        return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
+        return torch.stack((local, glob), dim=2).reshape(B, 2 * C, H, W)  # channel 2c + j: local, global, local, ...
 
 
 def _share_layers(new: GlobalLocalFilter, gf: GlobalLocalFilter) -> None:

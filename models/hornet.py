@@ -6,8 +6,8 @@ ones (`proj_in`, `dwconv`, `pws.i`, `proj_out`, `norm1`, `gnconv`, `norm2`, `pwc
 `gamma1`, `gamma2`, ...) so that official state_dicts load as they are.
 
 Every constructor takes the input width `c1` first and the output width `c2` second, as YOLOv5's
-modules do; the parser fills `c1` in from the row's input. gnConv and HorBlock hand CPU float32 work to
-models/cpu_kernels.py (the same arithmetic, faster there) at one dispatch point each, in their forward.
+modules do; the parser fills `c1` in from the row's input. gnConv and HorBlock write their formulas once and
+run their steps (`PlainOps`) from models/cpu_kernels.py instead on CPUs in float32: the same arithmetic, faster.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def scaled_call(module: nn.Module, x: torch.Tensor, scale) -> torch.Tensor:
     return functional_call(module, {"weight": module.weight * w_scale, "bias": module.bias * scale}, (x,))
 
 
+def resize_filter(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A Global Filter weight (C, h, w, 2) resized to (C, *size, 2): bilinear, align_corners=True, in float32."""
+    w = F.interpolate(weight.float().permute(3, 0, 1, 2), size=size, mode="bilinear", align_corners=True)
+    return w.permute(1, 2, 3, 0).contiguous()
+
+
 class GlobalLocalFilter(nn.Module):
     """The Global Filter (GF): (B, C, H, W) -> (B, C, H, W), any H and W.
 
@@ -113,8 +119,7 @@ class GlobalLocalFilter(nn.Module):
         key = (height, width, weight._version, weight.data_ptr())
         if cacheable and key in self._filter_cache:
             return self._filter_cache[key]
-        w = F.interpolate(weight.float().permute(3, 0, 1, 2), size=size, mode="bilinear", align_corners=True)
-        w = torch.view_as_complex(w.permute(1, 2, 3, 0).contiguous())
+        w = torch.view_as_complex(resize_filter(weight, size))
         if cacheable:
             if len(self._filter_cache) >= 8:  # a few image sizes at most (rect inference): drop the oldest
                 self._filter_cache.pop(next(iter(self._filter_cache)))
@@ -126,12 +131,18 @@ class GlobalLocalFilter(nn.Module):
         x = self.pre_norm(x)  # channels-last memory: the slices below are cheap views
         local, glob = x.chunk(2, dim=1)
         local = self.dw(local)
-        glob = self.global_filter(glob).to(local.dtype)
-        B, C, H, W = glob.shape
-        # interleave (local_0, global_0, local_1, ...) with one copy into (B, H, W, 2C): channel 2c + j
-        y = torch.stack((local.permute(0, 2, 3, 1), glob.permute(0, 2, 3, 1)), dim=4)
-        y = y.reshape(B, H, W, 2 * C).permute(0, 3, 1, 2)  # channels-first view: post_norm's permute is free
+        y = self.interleave(local, self.global_filter(glob).to(local.dtype))
         return self.post_norm(y) if scale == 1.0 else scaled_call(self.post_norm, y, scale)
+
+    @staticmethod
+    def interleave(local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """Two (B, C, H, W) halves as one (B, 2C, H, W) tensor, channel 2c + j from half j: local, global, local, ...
+
+        One copy straight into channels-last memory, where post_norm reads it as a free view.
+        """
+        B, C, H, W = glob.shape
+        y = torch.stack((local.permute(0, 2, 3, 1), glob.permute(0, 2, 3, 1)), dim=4)
+        return y.reshape(B, H, W, 2 * C).permute(0, 3, 1, 2)
 
     def global_filter(self, x: torch.Tensor) -> torch.Tensor:
         """irfft2(rfft2(x) * filter) over H and W, in float32 (half-precision FFTs only take power-of-two sizes)."""
@@ -139,6 +150,51 @@ class GlobalLocalFilter(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             spectrum = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
             return torch.fft.irfft2(spectrum * self.spectral_filter(H, W), s=(H, W), dim=(2, 3), norm="ortho")
+
+
+def gate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """gnConv's gating p * q; in place when no gradient is recorded (inference: one full-size tensor fewer)."""
+    return p.mul_(q) if not torch.is_grad_enabled() and p.dtype == q.dtype else p * q
+
+
+class PlainOps:
+    """The steps of gnConv and HorBlock in plain PyTorch, for channels-last (B, C, H, W) tensors.
+
+    models/cpu_kernels.py defines the same five functions, faster on CPUs in float32; each layer picks one set per
+    call (`cpu_kernels.applies`). The formulas around them (the recursion, the residuals) are written once, in
+    gnConv.forward and HorBlock.forward.
+    """
+
+    @staticmethod
+    def project_in(g: "gnConv", x: torch.Tensor):
+        """proj_in(x) split into p0 (C_0 channels) and q (C_0 + ... + C_{n-1})."""
+        return g.proj_in(x).split((g.dims[0], sum(g.dims)), dim=1)
+
+    @staticmethod
+    def filter(g: "gnConv", q: torch.Tensor) -> torch.Tensor:
+        """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
+        f, s = g.dwconv, g.scale
+        if isinstance(f, GlobalLocalFilter):  # the export forms too: they are GlobalLocalFilters
+            return f(q, s)
+        return f(q) if s == 1.0 else scaled_call(f, q, s)
+
+    @staticmethod
+    def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """One of the 1x1 convs pws between the gating steps."""
+        return conv(x)
+
+    @staticmethod
+    def project_out(g: "gnConv", p: torch.Tensor, gamma=None, residual=None) -> torch.Tensor:
+        """proj_out(p), times gamma (folded into its weights), plus residual."""
+        out = g.proj_out(p) if gamma is None else scaled_call(g.proj_out, p, gamma)
+        return out if residual is None else residual + out
+
+    @staticmethod
+    def mlp(block: "HorBlock", x: torch.Tensor, gamma=None, residual=None) -> torch.Tensor:
+        """HorBlock's MLP on the free channels-last view of x, times gamma (folded into pwconv2), plus residual."""
+        y = block.act(block.pwconv1(block.norm2(x.permute(0, 2, 3, 1))))
+        y = (block.pwconv2(y) if gamma is None else scaled_call(block.pwconv2, y, gamma)).permute(0, 3, 1, 2)
+        return y if residual is None else residual + y
 
 
 MAX_STAGE_DEPTH = 1000  # HorBlocks in one HorNet stage row
@@ -162,7 +218,7 @@ class gnConv(nn.Module):
     convolutions are several times faster than in NCHW (above all their weight gradient); s is folded
     into the filter's weight and bias (or GF's post_norm affine) instead of multiplying the output;
     `forward(x, gamma)` folds a HorBlock's layer scale into proj_out the same way. `fuse()` makes the
-    folding of s permanent for inference. On CPUs in float32 it runs models/cpu_kernels.py's `gnconv`.
+    folding of s permanent for inference. Its steps run as `PlainOps` or, on CPUs in float32, models/cpu_kernels.py.
     """
 
     def __init__(self, c1: int, c2: int, order: int = 5, filter=7, s: float = 1.0, h: int = 14, w: int = 8):
@@ -186,24 +242,16 @@ class gnConv(nn.Module):
         self.pws = nn.ModuleList(nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1))
         self.proj_out = nn.Conv2d(c2, c2, 1)
 
-    def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
-        """gnConv(x), times the per-channel `gamma` when given (folded into proj_out, not a multiply)."""
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor | None = None, residual: torch.Tensor | None = None):
+        """gnConv(x), times the per-channel `gamma` and plus `residual` when given (a HorBlock's layer scale and skip)."""
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
-        if cpu_kernels.applies(x, self):
-            return cpu_kernels.gnconv(self, x, gamma)
-        p, q = self.proj_in(x).split((self.dims[0], sum(self.dims)), dim=1)
-        q = self._filter(q).split(self.dims, dim=1)
-        p = p * q[0]
+        ops = cpu_kernels if cpu_kernels.applies(x, self) else PlainOps
+        p, q = ops.project_in(self, x)
+        q = ops.filter(self, q).split(self.dims, dim=1)
+        p = gate(p, q[0])
         for pw, qk in zip(self.pws, q[1:]):
-            p = pw(p) * qk
-        return self.proj_out(p) if gamma is None else scaled_call(self.proj_out, p, gamma)
-
-    def _filter(self, q: torch.Tensor) -> torch.Tensor:
-        """The depth-wise filter times s, s applied to the (small) weights rather than to the output."""
-        f, s = self.dwconv, self.scale
-        if isinstance(f, GlobalLocalFilter):  # the export forms too: they are GlobalLocalFilters
-            return f(q, s)
-        return f(q) if s == 1.0 else scaled_call(f, q, s)
+            p = gate(ops.pointwise(pw, p), qk)
+        return ops.project_out(self, p, gamma, residual)
 
     @torch.no_grad()
     def fuse(self) -> "gnConv":
@@ -255,7 +303,7 @@ class HorBlock(nn.Module):
     Speed (see benchmarks/bench_layers.py): the block keeps its tensors in channels-last memory, so the
     MLP's channels-last view is free (no permute copies) and both LayerNorms are the fused kernel; the
     gammas are folded into proj_out and pwconv2 (weights, not activations), in training too. `fuse()`
-    makes that folding permanent for inference. On CPUs in float32 it runs models/cpu_kernels.py's `horblock`.
+    makes that folding permanent for inference. The MLP runs as `PlainOps.mlp` or, on CPUs in float32, cpu_kernels.mlp.
     """
 
     def __init__(
@@ -285,13 +333,17 @@ class HorBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x).contiguous(memory_format=torch.channels_last)
-        if cpu_kernels.applies(x, self):
-            return cpu_kernels.horblock(self, x)
         gamma1, gamma2 = (None, None) if self.fused else (self.gamma1, self.gamma2)
-        x = x + self.drop_path(self.gnconv(self.norm1(x), gamma1))
-        y = self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1))))  # a free view: x is channels-last
-        y = self.pwconv2(y) if gamma2 is None else scaled_call(self.pwconv2, y, gamma2)
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        if self.training and self.drop_path.p:  # the skip waits for the branch's random mask
+            x = x + self.drop_path(self.gnconv(self.norm1(x), gamma1))
+            return x + self.drop_path(self.mlp(x, gamma2))
+        x = self.gnconv(self.norm1(x), gamma1, residual=x)
+        return self.mlp(x, gamma2, residual=x)
+
+    def mlp(self, x: torch.Tensor, gamma: torch.Tensor | None = None, residual: torch.Tensor | None = None):
+        """gamma * pwconv2(GELU(pwconv1(norm2(x)))) (+ residual) for a channels-last (B, C, H, W) x."""
+        ops = cpu_kernels if cpu_kernels.applies(x, self) else PlainOps
+        return ops.mlp(self, x, gamma, residual)
 
     @torch.no_grad()
     def fuse(self) -> "HorBlock":

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from ultralytics.utils import LOGGER
 
-from models.hornet import ConvStem, HorBlock, HorDown, HorNet, HorStem
+from models.hornet import ConvStem, HorBlock, HorDown, HorNet, HorStem, resize_filter
 
 __all__ = (
     "load_hornet_weights",
@@ -172,15 +171,6 @@ def is_official_hornet_checkpoint(path_or_obj) -> bool:
 # --- loading -----------------------------------------------------------------------------------------
 
 
-def resize_complex_weight(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """A GF filter `(C, h0, w0, 2)` resized to `(C, h, w, 2)` exactly as GlobalLocalFilter resizes it.
-
-    Bilinear with align_corners=True on the `(2, C, h0, w0)` permutation, in float32.
-    """
-    out = F.interpolate(weight.float().permute(3, 0, 1, 2), size=(h, w), mode="bilinear", align_corners=True)
-    return out.permute(1, 2, 3, 0).contiguous()
-
-
 def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -> dict:
     """Copy an official HorNet checkpoint into the HorNet rows of `model`; return a report.
 
@@ -240,7 +230,7 @@ def load_hornet_weights(model: nn.Module, path_or_state, verbose: bool = True) -
             value.shape[0] == target.shape[0] and value.shape[3] == target.shape[3] == 2
         ):
             report["resized"].append((key, tuple(value.shape), tuple(target.shape)))
-            value = resize_complex_weight(value, target.shape[1], target.shape[2])
+            value = resize_filter(value, tuple(target.shape[1:3]))
         if value.shape != target.shape:
             report["mismatched"].append((key, model_key, tuple(value.shape), tuple(target.shape)))
             continue
