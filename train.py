@@ -27,14 +27,13 @@ import models  # noqa: E402,F401  (offline mode and safe loading before ultralyt
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.data import DataConfigError, load_data_config  # noqa: E402
-from utils.hyp import RECIPES, HypError, load_hyp, model_family, recipe_for  # noqa: E402
-from utils.runs import DeviceError, DiskFullError, ResumeError, RunDirError, check_device, discard_unused_run_dir, increment_run_dir  # noqa: E402
+from utils.hyp import RECIPES, YOLOV5_HYP, HypError, load_hyp, model_family, recipe_for  # noqa: E402
+from utils.runs import RESUME_ARGS, DeviceError, DiskFullError, ResumeError, RunDirError, check_device, discard_unused_run_dir, increment_run_dir  # noqa: E402
 from utils.trainer import HorNetTrainer  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
-HYP_DEFAULTS = ROOT / "data/hyps/hyp.scratch-low.yaml"
-# Flags a resumed run may change (they do not change the results); it takes the rest from its checkpoint.
-RESUME_FLAGS = {"resume", "device", "workers", "cache", "project"}
+# The flags of utils.runs.RESUME_ARGS (a resumed run may change them), and the two that say what to resume
+RESUME_FLAGS = {"resume", "project", *({"plots": "noplots"}.get(a, a) for a in RESUME_ARGS)}
 
 
 class FlagError(ValueError):
@@ -119,6 +118,13 @@ def ignored_by_resume(opt: argparse.Namespace) -> list[str]:
     return [f"--{k.replace('_', '-')}" for k, v in vars(opt).items() if k not in RESUME_FLAGS and v != defaults.get(k)]
 
 
+def run_args(opt: argparse.Namespace) -> dict:
+    """The trainer args of utils.runs.RESUME_ARGS from the flags: how a run runs, not what it learns."""
+    args = {"device": opt.device or None, "workers": opt.workers, "cache": opt.cache or False, "plots": not opt.noplots,
+            "save_period": opt.save_period, "patience": opt.patience}
+    return args
+
+
 def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -> dict:
     """The trainer's args from the command line flags and the hyp file (YOLOv5 names -> ultralytics names); the
     checked `hyp_overrides` (the Python API's lr0=..., mosaic=...) go over the hyp file's values."""
@@ -134,10 +140,11 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
                 raise FlagError(f"{flag} {value}: must be 1 or more")
     if opt.resume:
         if ignored:
+            may = ", ".join(sorted(f"--{f.replace('_', '-')}" for f in RESUME_FLAGS - {"resume", "project"}))
             LOGGER.warning(f"--resume: ignoring {' '.join(ignored)}: a resumed run keeps the arguments it started with "
-                           "(only --device, --workers and --cache may change)")
-        defaults = parse_opt([])
-        given = {k: getattr(opt, k) for k in ("workers", "cache") if getattr(opt, k) != getattr(defaults, k)}
+                           f"(only {may} may change)")
+        defaults = run_args(parse_opt([]))
+        given = {k: v for k, v in run_args(opt).items() if k != "device" and v != defaults[k]}
         return {"resume": opt.resume, "project": project, "device": opt.device or None, **given}
     model = model_of(opt)
     if opt.hyp is None:
@@ -145,10 +152,9 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
         opt.hyp = str(RECIPES[family])
         why = "the HorNet recipe: the model has HorNet layers" if family == "hornet" else "the YOLOv5 recipe: no HorNet layers"
         LOGGER.info(f"hyp: {Path(opt.hyp).relative_to(ROOT)} ({why}; --hyp overrides)")
-    hyp = {**load_hyp(HYP_DEFAULTS), **load_hyp(opt.hyp), **(hyp_overrides or {})}  # left out: YOLOv5's values
+    hyp = {**load_hyp(YOLOV5_HYP), **load_hyp(opt.hyp), **(hyp_overrides or {})}  # left out: YOLOv5's values
     optimizer = opt.optimizer or hyp.pop("optimizer", "SGD")
     hyp.pop("optimizer", None)
-    hyp.pop("cls_pw", None)  # YOLOv5's (1.0, no effect); the engine's cls_pw is another thing
     # A YAML that is no dataset's, or whose images are missing, fails here, before a run folder is made (the
     # embedded set is generated here when missing; a package YAML such as coco128.yaml is found and named)
     opt.data = load_data_config(opt.data)["yaml_file"]
@@ -168,21 +174,16 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
         "rect": opt.rect,
         "save": not opt.nosave,
         "val": not opt.noval,
-        "plots": not opt.noplots,
-        "cache": opt.cache or False,
-        "device": opt.device or None,
         "multi_scale": 0.5 if opt.multi_scale else 0.0,
         "single_cls": opt.single_cls,
         "optimizer": optimizer,
-        "workers": opt.workers,
+        **run_args(opt),
         "project": project,
         "name": save_dir.name,
         "save_dir": str(save_dir),
         "exist_ok": opt.exist_ok,
         "cos_lr": opt.cos_lr,
-        "patience": opt.patience,
         "freeze": freeze or None,
-        "save_period": opt.save_period,
         "seed": opt.seed,
         "close_mosaic": 0,  # YOLOv5 keeps mosaic to the end; a hyp may set close_mosaic
         "pretrained": False,
@@ -253,7 +254,7 @@ def evolve_hyp(opt: argparse.Namespace):
     if opt.evolve < 1:
         raise HypError(f"--evolve {opt.evolve}: the number of generations must be at least 1")
     hyp = in_repo(opt.hyp, "data/hyps") or str(recipe_for(model_of(opt)))
-    return evolve(opt, opt.evolve, {**load_hyp(HYP_DEFAULTS), **load_hyp(hyp)}, main)
+    return evolve(opt, opt.evolve, {**load_hyp(YOLOV5_HYP), **load_hyp(hyp)}, main)
 
 
 def stop_note(trainer: HorNetTrainer | None, removed: str | None) -> str:

@@ -9,25 +9,27 @@ the anchor-free one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.ops import xywh2xyxy
 
-# YOLOv5's hyperparameters this loss reads, with YOLOv5's defaults (hyp.scratch-low.yaml). The ultralytics
-# args namespace has `box` and `cls` (with values tuned for its own loss; the trainer passes YOLOv5's) but
-# no `obj`, `anchor_t`, `obj_pw`, `fl_gamma` or `label_smoothing`: missing keys take these values.
+from models.safe_yaml import load_yaml
+
+# YOLOv5's hyp file of defaults (hyp.scratch-low.yaml, its values unchanged): train.py starts every hyp from it, and
+# this loss takes from it the values of the keys it reads that a model's args lack. The ultralytics args namespace
+# has `box` and `cls` (with values tuned for its own loss; the trainer passes YOLOv5's) but no `obj`, `anchor_t`,
+# `obj_pw`, `fl_gamma` or `label_smoothing`.
 # YOLOv5's `cls_pw` (BCE positive weight, 1.0 in every YOLOv5 hyp file) is NOT read: in this engine `cls_pw`
 # is the power of inverse-frequency class weights, which the trainer turns into `model.class_weights`;
 # those weights are applied to the class loss, as the engine's own loss does.
+YOLOV5_HYP = Path(__file__).resolve().parents[1] / "data/hyps/hyp.scratch-low.yaml"
+LOSS_KEYS = ("box", "obj", "cls", "anchor_t", "obj_pw", "fl_gamma")
 LOSS_DEFAULTS = {
-    "box": 0.05,  # box loss gain
-    "obj": 1.0,  # objectness loss gain
-    "cls": 0.5,  # class loss gain
-    "anchor_t": 4.0,  # a target matches an anchor when both w and h ratios are within [1/anchor_t, anchor_t]
-    "obj_pw": 1.0,  # BCE positive weight, objectness
-    "fl_gamma": 0.0,  # focal loss gamma (0: plain BCE)
-    "label_smoothing": 0.0,  # class targets become 1 - eps/2 and eps/2
+    **{k: float(v) for k, v in load_yaml(YOLOV5_HYP.read_text(), YOLOV5_HYP).items() if k in LOSS_KEYS},
+    "label_smoothing": 0.0,  # class targets become 1 - eps/2 and eps/2 (a train.py flag in YOLOv5, not a hyp)
     "imgsz": 640,  # training image size: scales the objectness gain
 }
 

@@ -344,6 +344,22 @@ def test_resume_names_the_flags_it_ignores():
     assert train.ignored_by_resume(train.parse_opt(["--resume", "runs/train/exp/weights/last.pt"])) == []
 
 
+def test_resume_passes_on_what_the_trainer_lets_it_change(monkeypatch):
+    """train.py --resume hands the trainer every flag of utils.runs.RESUME_ARGS that was given, and only those."""
+    import train
+    from utils.runs import RESUME_ARGS
+
+    assert set(train.run_args(train.parse_opt([]))) == set(RESUME_ARGS)
+    monkeypatch.setattr(train, "check_device", lambda device: None)
+    opt = train.parse_opt(["--resume", "--workers", "2", "--cache", "--noplots", "--save-period", "3", "--patience", "7",
+                           "--device", "cpu", "--epochs", "5"])
+    got = train.overrides_from(opt)
+    assert {k: got[k] for k in RESUME_ARGS} == {"device": "cpu", "workers": 2, "cache": "ram", "plots": False,
+                                                "save_period": 3, "patience": 7}
+    assert "epochs" not in got
+    assert train.ignored_by_resume(opt) == ["--epochs"]
+
+
 def test_exist_ok_names_what_it_overwrites(tmp_path, said):
     from utils.runs import warn_overwrite
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from models.loss import LOSS_DEFAULTS
+from models.loss import LOSS_DEFAULTS, YOLOV5_HYP  # noqa: F401  (YOLOV5_HYP: the defaults every hyp starts from)
 from models.safe_yaml import YAMLTooLarge, load_yaml, short
 from models.yolo import yaml_problem
 
@@ -30,7 +30,6 @@ ENGINE_HYP_KEYS = (
 # Keys the ultralytics args do not have: YOLOv5's loss/anchor hyps and our own options, with defaults.
 EXTRA_DEFAULTS = {
     **{k: LOSS_DEFAULTS[k] for k in ("obj", "obj_pw", "anchor_t", "fl_gamma", "label_smoothing")},  # the anchor loss's
-    "iou_t": 0.2,  # YOLOv5 keeps it in its hyps; unused in training
     "drop_path": 0.0,  # stochastic depth over the HorBlocks
     "layer_scale": 1e-6,  # initial HorBlock layer scales (gamma1, gamma2); 1e-6 is the paper's
     "hornet_lr_scale": 1.0,  # the HorNet layers' learning rate as a fraction of lr0 (1.0: one rate for all)
@@ -48,7 +47,10 @@ HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS
                                 if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn", "run_id"}))
 HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
               "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
-HYP_FILE_ONLY = ("optimizer", "cls_pw")  # allowed in a hyp file: optimizer unless --optimizer; cls_pw see load_hyp
+# YOLOv5 hyp keys that change nothing here: its files keep iou_t, which YOLOv5 itself no longer reads; cls_pw is 1.0
+# in all of them (no effect), and the engine's cls_pw means something else. Checked, then dropped by check_hyp.
+NO_EFFECT = ("cls_pw", "iou_t")
+HYP_FILE_ONLY = ("optimizer", *NO_EFFECT)  # allowed in a hyp file: optimizer unless --optimizer
 
 
 class HypError(ValueError):
@@ -72,7 +74,8 @@ def load_hyp(path) -> dict:
 
 
 def check_hyp(hyp: dict, source) -> dict:
-    """`hyp` with YOLO-style string numbers read as numbers; HypError naming `source` and the key for anything else."""
+    """`hyp` with YOLO-style string numbers read as numbers and the NO_EFFECT keys dropped; HypError naming `source`
+    and the key for anything else."""
     path = source
     for k, v in hyp.items():
         if isinstance(v, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
@@ -86,7 +89,7 @@ def check_hyp(hyp: dict, source) -> dict:
         elif k == "cls_pw":  # every YOLOv5 hyp file has 1.0 (no effect); other values have no equivalent here
             if v != 1.0:
                 raise HypError(f"{path}: cls_pw (YOLOv5's class BCE positive weight) is only supported as 1.0, got {short(v)}")
-        elif k not in HYP_KEYS:
+        elif k not in HYP_KEYS and k not in NO_EFFECT:
             import difflib
 
             close = difflib.get_close_matches(str(k)[:100], HYP_KEYS, n=1)
@@ -98,6 +101,8 @@ def check_hyp(hyp: dict, source) -> dict:
         elif k in HYP_RANGES and not HYP_RANGES[k][0] <= v <= HYP_RANGES[k][1]:
             low, high = HYP_RANGES[k]
             raise HypError(f"{path}: hyperparameter '{k}' must be in [{low}, {high}], got {short(v)}")
+    for k in NO_EFFECT:
+        hyp.pop(k, None)
     return hyp
 
 

@@ -21,6 +21,10 @@ class DeviceError(ValueError):
     """A --device this machine cannot run on ('0' without a GPU, a GPU index too high); the message names the flag."""
 
 
+# Trainer args a resumed run may change (they do not change what it learns); it takes the rest from its checkpoint.
+RESUME_ARGS = ("device", "workers", "cache", "plots", "save_period", "patience")
+
+
 def check_device(device) -> None:
     """Raise DeviceError naming --device when this machine cannot run on it."""
     if device in (None, "", "cpu"):

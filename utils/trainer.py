@@ -44,18 +44,15 @@ from models.yolo import Model, checkpoint_dict, checkpoint_yaml_errors, load_mod
 from utils import ddp
 from utils.autoanchor import check_anchors
 from utils.data import EpochSampler, build_yolo_dataset, load_data_config
-from utils.hyp import EXTRA_DEFAULTS, HYP_KEYS
+from utils.hyp import EXTRA_DEFAULTS, HYP_KEYS, NO_EFFECT
 from utils.validator import HorNetValidator
-from utils.runs import DiskFullError, ResumeError, keep_epochs, lock_run, other_run, warn_overwrite
+from utils.runs import RESUME_ARGS, DiskFullError, ResumeError, keep_epochs, lock_run, other_run, warn_overwrite
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.files import get_latest_run
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
-
-# Args that may change when resuming (they do not change the results); the rest come from the checkpoint.
-RESUME_ALLOWED = {"device", "workers", "cache", "plots", "save_period", "patience"}
 
 # ultralytics' own loss gains for its anchor-free head (cfg/default.yaml)
 ANCHOR_FREE_GAINS = {k: DEFAULT_CFG_DICT[k] for k in ("box", "cls", "dfl")}
@@ -171,8 +168,10 @@ class HorNetTrainer(DetectionTrainer):
                 self.release_lock()
                 raise ResumeError(problem)
         extras = {k: args.pop(k) for k in list(args) if k in EXTRA_DEFAULTS}
+        for k in set(NO_EFFECT) - set(DEFAULT_CFG_DICT):  # a checkpoint may carry YOLOv5's iou_t, which the engine refuses
+            args.pop(k, None)
         args["save_dir"] = str(last.resolve().parent.parent)  # the run folder, wherever it is now
-        for k in RESUME_ALLOWED & set(overrides):
+        for k in set(RESUME_ARGS) & set(overrides):
             args[k] = overrides[k]
         if extras.get("albumentations"):  # the checkpoint holds the transforms as text: made again from their file
             from utils.augment import load_albumentations
