@@ -385,3 +385,25 @@ def test_a_label_file_mixing_boxes_and_polygons_keeps_every_row(tmp_path):
     label = dataset.labels[dataset.im_files.index(str(image))]
     assert label["cls"].ravel().tolist() == [1, 2]
     np.testing.assert_allclose(label["bboxes"], [[0.5, 0.5, 0.2, 0.4], [0.2, 0.2, 0.2, 0.2]], atol=1e-5)
+
+
+def test_processes_started_together_generate_the_set_once(tmp_path):
+    """Scripts started side by side on a fresh machine: one generates the set, the others wait for it and use it
+    (none sees a half-made or moved-aside folder)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "shapes"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+            "from utils.shapes import make_shapes_dataset\n"
+            "root = make_shapes_dataset(sys.argv[2], n_train=120, n_val=4, imgsz=64)\n"
+            "for _ in range(20):  # the set stays in place while the other processes finish\n"
+            "    assert len(list((root / 'images' / 'train').glob('*.jpg'))) == 120\n"
+            "    time.sleep(0.1)\n")
+    repo = str(Path(__file__).resolve().parents[1])
+    procs = [subprocess.Popen([sys.executable, "-c", code, repo, str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(outs)
+    assert sum("written to" in out for out in outs) == 1, outs
+    assert not list(tmp_path.glob(".shapes.partial-*"))

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -231,18 +232,47 @@ def make_shapes_dataset(root, n_train: int = 600, n_val: int = 150, imgsz: int =
           folder this generator did not make).
         - The set is written into a temporary sibling folder, marked complete, then renamed into place, so an
           interrupted run leaves no half-written root (leftover temporary folders are removed on a later call).
+        - Processes that ask for the same root at once (scripts started side by side, DDP ranks) take turns on a lock
+          file beside it: one generates, the others find its set complete and use it.
     """
     root = Path(root).expanduser().resolve()
     args = {"n_train": int(n_train), "n_val": int(n_val), "imgsz": int(imgsz), "seed": int(seed)}
     if n_train < 1 or n_val < 1 or imgsz < 32:
         raise ValueError(f"make_shapes_dataset needs n_train, n_val >= 1 and imgsz >= 32, got {args}")
-    meta = read_marker(root)
-    if meta is not None and meta.get("version") == VERSION and meta.get("args") == args:
+    if _complete(root, args):
         return root  # already made with these arguments
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(root):  # scripts started side by side on a fresh machine: one generates, the others wait
+        if _complete(root, args):
+            return root  # made while this process waited
+        return _generate(root, args)
+
+
+def _complete(root: Path, args: dict) -> bool:
+    """Whether root holds a complete set of this generator version made with `args`."""
+    meta = read_marker(root)
+    return meta is not None and meta.get("version") == VERSION and meta.get("args") == args
+
+
+@contextmanager
+def _generation_lock(root: Path):
+    """Hold an exclusive lock on a file beside root while generating (a no-op where file locks do not exist)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        yield
+
+
+def _generate(root: Path, args: dict) -> Path:
+    """Write the set into a temporary sibling, mark it complete, rename it into place (see make_shapes_dataset)."""
+    n_train, n_val, imgsz, seed = args["n_train"], args["n_val"], args["imgsz"], args["seed"]
+    meta = read_marker(root)
     if root.exists() and meta is None and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and was not made by the shapes generator (no {MARKER}); not touching it")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
@@ -258,13 +288,7 @@ def make_shapes_dataset(root, n_train: int = 600, n_val: int = 150, imgsz: int =
             old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
             os.replace(root, old / "set")
             shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # Another process (e.g. a second DDP rank) finished first: keep its copy if it matches ours.
-            done = read_marker(root)
-            if not (done and done.get("args") == args and done.get("version") == VERSION):
-                raise
+        os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
     print(f"Shapes dataset: {n_train} train + {n_val} val images ({imgsz}px) written to {root} in {time.time() - t0:.1f}s")
