@@ -27,7 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER, colorstr  # noqa: E402
 from ultralytics.utils.checks import check_imshow  # noqa: E402

@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 import torch  # noqa: E402
 from models.yolo import load_model  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
 from models.checkpoints import CheckpointError
 from models.yolo import Model, find_model_yaml, load_model, save_checkpoint
 from ultralytics.engine.model import Model as EngineModel

@@ -23,7 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.data import DataConfigError, load_data_config  # noqa: E402

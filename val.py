@@ -23,7 +23,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 
-import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from utils.data import load_data_config  # noqa: E402
 from utils.export import runnable, runtime_reason  # noqa: E402
 from utils.predict import newest_weights  # noqa: E402

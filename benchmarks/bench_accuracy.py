@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_env import ROOT  # noqa: E402  (offline, project on sys.path; before torch)
+from bench_env import ROOT  # noqa: E402  (first: see bench_env)
 
 import yaml  # noqa: E402
 

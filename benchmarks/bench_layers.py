@@ -29,7 +29,7 @@ import platform
 import statistics
 import time
 
-from bench_env import ROOT  # noqa: E402  (offline, project on sys.path, --passive; before torch)
+from bench_env import ROOT  # noqa: E402  (first: see bench_env)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_env import ROOT  # noqa: E402,F401  (offline, project on sys.path, --passive; before torch)
+from bench_env import ROOT  # noqa: E402,F401  (first: see bench_env)
 
 import torch  # noqa: E402
 

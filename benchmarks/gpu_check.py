@@ -25,11 +25,10 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench_env import ROOT  # noqa: F401  (offline, project on sys.path; before torch)
+from bench_env import ROOT  # noqa: F401  (first: see bench_env)
 
 import torch  # noqa: E402
 
-import models  # noqa: E402,F401
 from models.heads import AnchorDetect  # noqa: E402
 from models.hornet import GlobalLocalFilter  # noqa: E402
 from models.loss import LOSS_DEFAULTS  # noqa: E402

@@ -17,7 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402,F401  (offline mode and safe loading before ultralytics loads)
 from models.checkpoints import read_weights  # noqa: E402
 from models.transfer import row_ranges  # noqa: E402
 from models.yolo import Model, transfer_weights  # noqa: E402

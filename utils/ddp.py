@@ -122,7 +122,6 @@ def report_failure(save_dir, e: BaseException) -> None:
 def worker(args_file: str) -> None:
     """One rank of a launch: the trainer from the parent's arguments, trained."""
     sys.path.insert(0, str(ROOT))
-    import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
     from utils.trainer import HorNetTrainer
 
     args = yaml.safe_load(Path(args_file).read_text())

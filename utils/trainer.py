@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
 from models.heads import AnchorDetect
 from models.hornet import HORNET_LAYERS, set_drop_path, set_layer_scale
 from models.hornet_weights import format_report, load_hornet_weights

@@ -6,7 +6,6 @@ Out: the engine's metrics (mAP50, mAP50-95, ...). Nothing here imports training 
 
 from __future__ import annotations
 
-import models  # noqa: F401  (offline mode and safe loading before ultralytics loads)
 from ultralytics.models.yolo.detect import DetectionValidator
 
 from utils.data import build_yolo_dataset
