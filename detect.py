@@ -49,7 +49,7 @@ class _HoldSavedLine(logging.Filter):
         return True
 
 
-def load_weights(weights, device):
+def load_weights(weights):
     """What the predictor's AutoBackend takes: the rebuilt nn.Module for a checkpoint, the path for an export.
 
     Raises FileNotFoundError naming a missing file, ValueError naming a file that is not a checkpoint.
@@ -121,7 +121,7 @@ def run(
             view_img = False
         check_device(device)
         tracker = check_tracker(track) if track else None
-        model = load_weights(weights, device)
+        model = load_weights(weights)
         size = list(imgsz) if len(imgsz) == 2 else [imgsz[0], imgsz[0]]
         overrides = {
             "task": "detect",

@@ -9,7 +9,7 @@
 The exports land next to the weights (`best.onnx`, `best.torchscript`, `best_openvino_model/`), or in `--output DIR`,
 and carry the metadata ultralytics' AutoBackend reads (stride, names, imgsz, task, batch...), so `detect.py` and
 `val.py` take them as they are. Global Filter (GF) models export too: their FFT becomes DFT matrix products (see
-utils/export.py), constants for the export size, or built in the graph from the input's shape with --dynamic.
+models/exportable.py), constants for the export size, or built in the graph from the input's shape with --dynamic.
 `--half` means float16 files for ONNX and TorchScript (GPU only), and for OpenVINO the CPU's reduced
 precision at run time (bfloat16 on CPUs with AVX512-BF16 or AMX; float32 where the CPU has none).
 """

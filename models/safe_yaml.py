@@ -11,6 +11,7 @@ loader (libyaml) is used where PyYAML has it.
 from __future__ import annotations
 
 import reprlib
+from pathlib import Path
 
 import yaml
 
@@ -99,6 +100,25 @@ def load_yaml(text: str, source, max_nodes: int = MAX_NODES):
 
 def load_yaml_file(path, max_nodes: int = MAX_NODES):
     """load_yaml of a file's text, the file named in errors."""
-    from pathlib import Path
-
     return load_yaml(Path(path).read_text(), path, max_nodes)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: where (line, column) and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
+def read_yaml(path, error: type[Exception], name: str | None = None, invalid: type[Exception] | None = None):
+    """The value of the YAML file `path`, or `error` with one line saying so when it is too large (an alias bomb), and
+    `invalid` (default: `error`) when it is not valid YAML text; messages start with `name` (default: the path)."""
+    name = name or str(path)
+    try:
+        return load_yaml(Path(path).read_text(), name)
+    except YAMLTooLarge as e:
+        raise error(str(e)) from None
+    except yaml.YAMLError as e:
+        raise (invalid or error)(f"{name}: not valid YAML ({yaml_problem(e)[:160]})") from None
+    except UnicodeDecodeError as e:
+        raise (invalid or error)(f"{name}: not valid YAML ({str(e).splitlines()[0][:160]})") from None

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -33,7 +32,7 @@ from models import heads, hornet, yolov5  # noqa: E402,F401  (their modules regi
 from models.checkpoints import OURS, CheckpointError, Weights, read_checkpoint, read_weights, write_checkpoint  # noqa: E402,F401
 from models.heads import AnchorDetect  # noqa: E402
 from models.loss import AnchorLoss  # noqa: E402
-from models.safe_yaml import YAMLTooLarge, load_yaml, short, short_text  # noqa: E402
+from models.safe_yaml import read_yaml, short, short_text  # noqa: E402
 from models.registry import DIALECTS, MODERN_HEAD_ROWS, REGISTRY, Entry, Scaling, row_same_width  # noqa: E402
 from models.transfer import TransferReport, transfer  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
@@ -49,13 +48,6 @@ class ModelConfigError(ValueError):
 # --- reading a YAML ----------------------------------------------------------------------------
 
 SCALE_IN_NAME = re.compile(r"^(yolo(?:e-)?v?\d+)([nslmx])(.*)$")  # yolov5s-hornet -> yolov5 + s + -hornet; yolo11n -> yolo11 + n
-
-
-def yaml_problem(e: yaml.YAMLError) -> str:
-    """A YAML parse error in one line: where (line, column) and what."""
-    mark = getattr(e, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return where + (getattr(e, "problem", None) or str(e).splitlines()[0])
 
 
 def _unified(path: Path) -> Path | None:
@@ -90,12 +82,7 @@ def load_model_yaml(cfg) -> dict:
         unified = path
     else:
         raise FileNotFoundError(f"model YAML not found: {path}")
-    try:
-        d = load_yaml(unified.read_text(), unified)
-    except yaml.YAMLError as e:
-        raise ModelConfigError(f"{unified}: not valid YAML: {yaml_problem(e)}") from None
-    except YAMLTooLarge as e:
-        raise ModelConfigError(str(e)) from None
+    d = read_yaml(unified, ModelConfigError)
     if not isinstance(d, dict):
         raise ModelConfigError(f"{unified}: a model YAML must be a mapping with nc, backbone and head")
     if "scales" in d and match and "scale" not in d:
@@ -156,15 +143,9 @@ YAML_KEYS = ("nc", "depth_multiple", "width_multiple", "anchors", "scales", "sca
 
 def yaml_activation(spec: str) -> nn.Module:
     """The module of a YAML's `activation: nn.ReLU()` line, read as ultralytics reads it (never eval'd)."""
-    try:
-        from ultralytics.nn.tasks import _SafeLoad
+    from ultralytics.nn.tasks import _SafeLoad
 
-        return _SafeLoad.activation(spec)
-    except ImportError:  # the pinned ultralytics has it; a plain `nn.Name()` is enough otherwise
-        name = re.fullmatch(r"(?:torch\.)?nn\.(\w+)\(\)", spec.strip())
-        if not name or not isinstance(getattr(nn, name[1], None), type):
-            raise ValueError(f"activation must be like nn.SiLU() or torch.nn.ReLU(), got {spec!r}") from None
-        return getattr(nn, name[1])()
+    return _SafeLoad.activation(spec)
 
 
 MAX_MULTIPLE = 16  # depth/width_multiple: YOLOv5x uses 1.33 and 1.25

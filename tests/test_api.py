@@ -97,7 +97,7 @@ def test_detect_track_writes_the_id_column(tmp_path, monkeypatch):
     import detect
 
     video = moving_square_video(tmp_path / "square.avi")
-    monkeypatch.setattr(detect, "load_weights", lambda weights, device: blob_model())
+    monkeypatch.setattr(detect, "load_weights", lambda weights: blob_model())
     run = detect.run(weights="blob.pt", source=str(video), imgsz=(128,), save_txt=True, track="bytetrack.yaml", project=tmp_path)
     rows = [f.read_text().split() for f in sorted((run.save_dir / "labels").glob("square_*.txt"))]
     assert len(rows) >= 20 and all(len(r) == 6 for r in rows)  # class x y w h id

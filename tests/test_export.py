@@ -295,7 +295,6 @@ def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
     style (docs/export.md#int8). That target belongs to trained models (benchmarks/bench_runtimes.py)."""
     import val
     from utils.export import openvino_xml
-    from utils.quantize import fake_quantized_inputs
 
     weights, data = pseudo_labelled(tmp_path, cfg, conf=0.3)
     folder = export.run(weights=weights, include=["openvino"], imgsz=[96], int8=True, data=data)["openvino"]["file"]
@@ -320,3 +319,16 @@ def test_int8_with_another_format_is_one_line(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     said = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in said and "--int8: INT8 quantization is for OpenVINO exports" in said
+
+
+def fake_quantized_inputs(xml) -> dict[str, list[str]]:
+    """{node name: names of the FakeQuantize nodes feeding it} of an OpenVINO model file."""
+    import openvino as ov
+
+    fed = {}
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        for port in op.inputs():
+            source = port.get_source_output().get_node()
+            if source.get_type_name() == "FakeQuantize":
+                fed.setdefault(op.get_friendly_name(), []).append(source.get_friendly_name())
+    return fed

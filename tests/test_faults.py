@@ -247,7 +247,7 @@ MISTAKES = {
     "train-bad-yaml": ("train.py", "--cfg {dir}/bad.yaml", "unknown module 'Detectt'"),
     "train-bad-from": ("train.py", "--cfg {dir}/bad_from.yaml", "'from' index 5 is out of range"),
     "train-no-head": ("train.py", "--cfg {dir}/no_head.yaml", "missing 'head'"),
-    "train-broken-yaml": ("train.py", "--cfg {dir}/broken.yaml", "not valid YAML: line 3"),
+    "train-broken-yaml": ("train.py", "--cfg {dir}/broken.yaml", "not valid YAML (line 3"),
     "train-truncated": ("train.py", "--weights {dir}/truncated.pt", "truncated"),
     "train-pickled": ("train.py", "--weights {dir}/pickled.pt", "holds weights but no model"),
     "train-code": ("train.py", "--weights {dir}/code.PT", "refused, nothing in it was run: it needs posix.system"),

@@ -90,15 +90,21 @@ def test_bad_recipe_values_name_the_key(tmp_path, key, value):
 
 
 def test_ema_hyp_keys_shape_the_weight_average():
-    trainer = HorNetTrainer.__new__(HorNetTrainer)  # new_ema needs only the args and the model
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    trainer = HorNetTrainer.__new__(HorNetTrainer)  # the EMA needs only the args and the model
     trainer.args = SimpleNamespace(ema_decay=0.99, ema_tau=10)
-    trainer.model = Model("cfg/yolov5n.yaml", nc=3, verbose=False)
-    state = {k: v + 1 if v.is_floating_point() else v for k, v in trainer.model.state_dict().items()}
-    ema = trainer.new_ema(state, updates=7)
-    assert ema.updates == 7 and abs(ema.decay(10) - 0.99 * (1 - torch.e**-1)) < 1e-9 and abs(ema.decay(1e6) - 0.99) < 1e-12
-    assert all(torch.equal(v, state[k]) for k, v in ema.ema.state_dict().items())
+    ramp = trainer.ema_ramp()
+    assert abs(ramp(10) - 0.99 * (1 - torch.e**-1)) < 1e-9 and abs(ramp(1e6) - 0.99) < 1e-12
     trainer.args = SimpleNamespace(**{k: EXTRA_DEFAULTS[k] for k in ("ema_decay", "ema_tau")})  # the defaults: the engine's
-    assert abs(trainer.new_ema(state, 0).decay(2000) - 0.9999 * (1 - torch.e**-1)) < 1e-9
+    assert abs(trainer.ema_ramp()(2000) - ModelEMA(torch.nn.Module()).decay(2000)) < 1e-12
+    # a resumed run's EMA takes the checkpoint's weights and step count into the EMA the engine made
+    model = Model("cfg/yolov5n.yaml", nc=3, verbose=False)
+    trainer.ema, trainer.stopper = ModelEMA(model), SimpleNamespace()
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    trainer._load_checkpoint_state({"model": state, "updates": 7, "best_fitness": 0.5})
+    assert trainer.ema.updates == 7 and trainer.best_fitness == 0.5
+    assert all(torch.equal(v, state[k]) for k, v in trainer.ema.ema.state_dict().items())
 
 
 def test_layer_scale_hyp_reaches_the_model(tmp_path):

@@ -108,20 +108,9 @@ def read_data_yaml(path) -> tuple[Path, dict]:
             f"data YAML not found: '{path}' (looked in {Path.cwd()} and {ROOT}). "
             f"Dataset YAMLs in {DATA_DIR}: {list_data_yamls()}"
         )
-    import yaml
+    from models.safe_yaml import read_yaml
 
-    from models.safe_yaml import YAMLTooLarge, load_yaml
-
-    try:
-        raw = load_yaml(file.read_text(), f"data YAML {file}") or {}
-    except YAMLTooLarge as e:
-        raise DataConfigError(str(e)) from None
-    except yaml.YAMLError as e:
-        from models.yolo import yaml_problem
-
-        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({yaml_problem(e)[:160]})") from None
-    except UnicodeDecodeError as e:
-        raise FileNotFoundError(f"data YAML {file}: not valid YAML ({str(e).splitlines()[0][:160]})") from None
+    raw = read_yaml(file, DataConfigError, f"data YAML {file}", invalid=FileNotFoundError) or {}
     check_data_dict(file, raw)
     return file, raw
 
@@ -201,7 +190,7 @@ def _describe(step) -> str:
 def shapes_generator_args(raw: dict) -> dict | None:
     """The literal arguments of the embedded set's generator that a data YAML names, or None.
 
-    The YAML says `generate: {n_train: 600, n_val: 150, imgsz: 320, seed: 0}`; a YAML of an earlier version whose
+    The YAML says `generate: {n_train: 600, n_val: 150, imgsz: 320, seed: 0}`; a YAML whose
     `download:` snippet calls `make_shapes_dataset(..., n_train=600, ...)` is read too, by parsing the call's keyword
     arguments as literals (the snippet itself is never run).
     """

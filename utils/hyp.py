@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from models.loss import LOSS_DEFAULTS, YOLOV5_HYP  # noqa: F401  (YOLOV5_HYP: the defaults every hyp starts from)
-from models.safe_yaml import YAMLTooLarge, load_yaml, short
-from models.yolo import yaml_problem
+from models.safe_yaml import read_yaml, short
 
 ROOT = Path(__file__).resolve().parents[1]
 # The recipe train.py picks when --hyp is not given (measured per family: README, "Accuracy on real photos")
@@ -47,7 +45,7 @@ HYP_KEYS = (*ENGINE_HYP_KEYS, *(k for k in EXTRA_DEFAULTS
                                 if k not in {"autoanchor", "weights", "hyp", "albumentations", "verbose_transfer", "sync_bn", "run_id"}))
 HYP_RANGES = {"layer_scale": (0.0, 10.0), "drop_path": (0.0, 0.99), "hornet_lr_scale": (0.0, 10.0),
               "ema_decay": (0.0, 0.99999), "ema_tau": (1.0, 1e9)}  # our keys whose nonsense values would train silently
-# YOLOv5 hyp keys that change nothing here: its files keep iou_t, which YOLOv5 itself no longer reads; cls_pw is 1.0
+# YOLOv5 hyp keys that change nothing here: its files keep iou_t, which YOLOv5 itself does not read; cls_pw is 1.0
 # in all of them (no effect), and the engine's cls_pw means something else. Checked, then dropped by check_hyp.
 NO_EFFECT = ("cls_pw", "iou_t")
 HYP_FILE_ONLY = ("optimizer", *NO_EFFECT)  # allowed in a hyp file: optimizer unless --optimizer
@@ -62,12 +60,7 @@ def load_hyp(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hyp file not found: {path}")
-    try:
-        hyp = load_yaml(path.read_text(), path) or {}
-    except yaml.YAMLError as e:
-        raise HypError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
-    except YAMLTooLarge as e:
-        raise HypError(str(e)) from None
+    hyp = read_yaml(path, HypError) or {}
     if not isinstance(hyp, dict):
         raise HypError(f"{path}: a hyp file must be a mapping of key: value")
     return check_hyp(hyp, path)

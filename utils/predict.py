@@ -237,9 +237,8 @@ class HorNetPredictor(DetectionPredictor):
     def write_results(self, i, p, im, s):
         """ultralytics' per-image output, plus bookkeeping: which stream slot is being saved, video frames read."""
         self._slot = i
-        match = re.search(r"\(frame (\d+)/(\d+)\)", s[i])
-        if match and self.dataset.mode == "video":
-            self.video_progress[str(p)] = [int(match[1]), int(match[2])]
+        if self.dataset.mode == "video":  # a batch never spans two videos: the loader's counters are this video's
+            self.video_progress[str(p)] = [self.dataset.frame, self.dataset.frames]
         out = super().write_results(i, p, im, s)
         if self.csv_path is not None:
             self.write_csv(self.results[i], Path(p).name if self.dataset.mode == "image" else f"{Path(p).stem}_{getattr(self.dataset, 'frame', 0)}")

@@ -98,16 +98,3 @@ def quantize_openvino(folder, model: nn.Module, data_yaml, size: tuple[int, int]
     shutil.rmtree(out_folder, ignore_errors=True)
     tmp.rename(out_folder)
     return out_folder
-
-
-def fake_quantized_inputs(xml) -> dict[str, list[str]]:
-    """{node name: names of the FakeQuantize nodes feeding it} of an OpenVINO model file (for checks)."""
-    import openvino as ov
-
-    fed = {}
-    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
-        for port in op.inputs():
-            source = port.get_source_output().get_node()
-            if source.get_type_name() == "FakeQuantize":
-                fed.setdefault(op.get_friendly_name(), []).append(source.get_friendly_name())
-    return fed

@@ -28,7 +28,7 @@ import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 GENERATOR = "hornet-yolov5 shapes"
-VERSION = 2  # 2: class colour families, objects from 16 px at 320 (1: random colours, from 8 px)
+VERSION = 2  # raised whenever the images change: a set marked with another version is made again
 GENERATOR_ARGS = {"n_train", "n_val", "imgsz", "seed"}  # make_shapes_dataset's keyword arguments a data YAML may give
 MARKER = "shapes_dataset.json"  # written last inside the temp folder: a folder holding it is complete and ours
 

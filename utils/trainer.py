@@ -433,16 +433,14 @@ class HorNetTrainer(DetectionTrainer):
         LOGGER.info(f"DDP: rank {RANK} of {self.world_size} on the CPU ({backend})")
 
     def _setup_train(self):
-        """The engine's setup (its DDP wrapper taking CPU modules), then the weight EMA from ema_decay and ema_tau."""
+        """The engine's setup (its DDP wrapper taking CPU modules), the weight EMA's decay ramp set from the hyps."""
         with ddp.cpu_ddp() if self.world_size > 1 and self.device.type == "cpu" else contextlib.nullcontext():
             super()._setup_train()
-        self.ema = self.new_ema(self.ema.ema.state_dict(), self.ema.updates)
+        self.ema.decay = self.ema_ramp()
 
-    def new_ema(self, state: dict, updates: int) -> ModelEMA:
-        """The engine's ModelEMA at this run's ema_decay / ema_tau, holding `state` after `updates` steps."""
-        ema = ModelEMA(self.model, decay=float(self.args.ema_decay), tau=float(self.args.ema_tau), updates=updates)
-        ema.ema.load_state_dict(state)
-        return ema
+    def ema_ramp(self):
+        """The engine's EMA decay ramp at this run's ema_decay and ema_tau (that of a ModelEMA of an empty module)."""
+        return ModelEMA(torch.nn.Module(), decay=float(self.args.ema_decay), tau=float(self.args.ema_tau)).decay
 
     def _load_checkpoint_state(self, ckpt: dict):
         """Optimizer, scaler, EMA, best fitness and early-stopping state from our checkpoint."""
@@ -451,7 +449,8 @@ class HorNetTrainer(DetectionTrainer):
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
-            self.ema = self.new_ema(ckpt["model"], ckpt.get("updates", 0))
+            self.ema.ema.load_state_dict(ckpt["model"])
+            self.ema.updates = ckpt.get("updates", 0)
         self.best_fitness = ckpt.get("best_fitness")
         self.stopper.__dict__.update(ckpt.get("stopper") or {})
 
