@@ -287,7 +287,7 @@ def test_val_map_of_exports_equals_pt(tmp_path, cfg):
 @pytest.mark.parametrize("cfg", STYLES)
 def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
     """export.py --int8 for every style: no FakeQuantize feeds a Global Filter's own operations (DFT products, complex
-    multiply) or the head's decode, the convolutions are quantized, and the INT8 folder validates in val.py: on the
+    multiply) or the head's decode, the convolutions are quantized, the image's quantizer spans the calibration images, and the INT8 folder validates in val.py: on the
     float export's own detections (both at the 96x96 input) it keeps mAP50 above 0.1.
 
     Not asserted here: INT8 within 0.02 mAP of float. These are untrained networks with a head scaled 30x to make
@@ -295,6 +295,7 @@ def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
     style (docs/export.md#int8). That target belongs to trained models (benchmarks/bench_runtimes.py)."""
     import val
     from utils.export import openvino_xml
+    from utils.quantize import calibration_images
 
     weights, data = pseudo_labelled(tmp_path, cfg, conf=0.3)
     folder = export.run(weights=weights, include=["openvino"], imgsz=[96], int8=True, data=data)["openvino"]["file"]
@@ -304,6 +305,9 @@ def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
     head = f"__module.model.{len(load_model_yaml(ROOT / cfg)['backbone']) + len(load_model_yaml(ROOT / cfg)['head']) - 1}/"
     fed = {n: v for n, v in fed.items() if "ShapeOf" not in n}  # reading a tensor's shape is no arithmetic on it
     assert not [n for n in fed if re.search(r"gnconv\.dwconv/", n) and "gf" in cfg] and not [n for n in fed if n.startswith(head)]
+    images = calibration_images(data, (96, 96))  # the image's quantizer spans all of them, not the average image
+    low, high = image_quantizer_range(openvino_xml(folder))
+    assert abs(low - min(i.min() for i in images)) < 0.01 and abs(high - max(i.max() for i in images)) < 0.01, (low, high)
     args = dict(data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
     square = export.run(weights=weights, include=["openvino"], imgsz=[96])["openvino"]["file"]  # float, same input
     m_float = val.run(weights=str(square), **args)
@@ -332,3 +336,13 @@ def fake_quantized_inputs(xml) -> dict[str, list[str]]:
             if source.get_type_name() == "FakeQuantize":
                 fed.setdefault(op.get_friendly_name(), []).append(source.get_friendly_name())
     return fed
+
+
+def image_quantizer_range(xml) -> tuple[float, float]:
+    """(low, high) of the FakeQuantize that reads the model's input image in an OpenVINO model file."""
+    import openvino as ov
+
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Parameter":
+            return float(op.input_value(1).get_node().get_data().min()), float(op.input_value(2).get_node().get_data().max())
+    raise AssertionError(f"{xml}: no quantizer on the input image")
