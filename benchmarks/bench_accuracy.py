@@ -70,7 +70,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="with --report: every model and variant stored for this data and budget")
     p.add_argument("--exports", action="store_true", help="also score each run's best.pt exported (ONNX, OpenVINO f32, bf16, INT8)")
     p.add_argument("--summary", nargs="+", metavar="SET/BUDGET", help="print one table over these stored sets, e.g. raccoon/e100-i320")
-    p.add_argument("--runs", type=int, default=21, help="with --summary: timed calls per model for CPU ms")
+    p.add_argument("--runs", type=int, default=21, help="with --summary: timed calls per model for CPU ms (0: not timed)")
     p.add_argument("--passive", action="store_true", help="OpenMP threads sleep while waiting (CPU ms on a shared machine)")
     return p.parse_args(argv)
 
@@ -267,7 +267,8 @@ def spread(rs: list[dict], key: str = "mAP50-95") -> str:
 
 
 def cost(models: list[str], runs: int, imgsz: int = 640) -> dict[str, tuple[int, float, float]]:
-    """{model: (parameters, GFLOPs, CPU ms)} at imgsz, nc=80; ms is the median of `runs` calls, models interleaved."""
+    """{model: (parameters, GFLOPs, CPU ms)} at imgsz, nc=80; ms is the median of `runs` calls, models interleaved
+    (None with runs 0: on a machine busy with other work, times say nothing)."""
     import torch
     from ultralytics.utils.torch_utils import get_flops
 
@@ -285,7 +286,7 @@ def cost(models: list[str], runs: int, imgsz: int = 640) -> dict[str, tuple[int,
                 t = time.perf_counter()
                 fused[m](x)
                 times[m].append(time.perf_counter() - t)
-    return {m: (*out[m], statistics.median(times[m]) * 1e3) for m in models}
+    return {m: (*out[m], statistics.median(times[m]) * 1e3 if runs else None) for m in models}
 
 
 def summary(opt) -> str:
@@ -297,13 +298,14 @@ def summary(opt) -> str:
     base, plain = models[0], [m for m in models if m == models[0] or Path(m).stem in twins]
     cells = {(m, sb): stored(Path(opt.results) / sb / Path(m).stem) for m in models for sb in opt.summary}
     costs = cost(models, opt.runs)
-    lines = [f"mAP50-95 of best.pt: mean (min-max, seeds); parameters and GFLOPs at 640 (nc=80); CPU ms at 640, "
-             f"batch 1, fused, median of {opt.runs} interleaved calls ({torch.get_num_threads()} threads)", "",
+    timed = (f"CPU ms at 640, batch 1, fused, median of {opt.runs} interleaved calls ({torch.get_num_threads()} threads)"
+             if opt.runs else "CPU ms not measured (--runs 0)")
+    lines = [f"mAP50-95 of best.pt: mean (min-max, seeds); parameters and GFLOPs at 640 (nc=80); {timed}", "",
              "| model | parameters | GFLOPs | CPU ms | " + " | ".join(opt.summary) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(opt.summary)]
     for m in models:
         n, gflops, ms = costs[m]
-        lines.append(f"| {Path(m).stem} | {n / 1e6:.2f}M | {gflops:.1f} | {ms:.1f} | "
+        lines.append(f"| {Path(m).stem} | {n / 1e6:.2f}M | {gflops:.1f} | {'-' if ms is None else f'{ms:.1f}'} | "
                      + " | ".join(spread(cells[m, sb]) for sb in opt.summary) + " |")
 
     def ratio(m, b, sb):

@@ -133,3 +133,6 @@ def test_summary_reports_what_bf16_and_int8_exports_lose(opt):
     lines = bench.summary(opt).splitlines()
     assert "| yolov5n | +0.000 / -0.007 (2) |" in lines  # INT8: mean of -0.004 and -0.010
     assert "| yolov5n-gnconv | - |" in lines
+    opt.runs = 0  # on a busy machine: no times, the rest as before
+    lines = bench.summary(opt).splitlines()
+    assert "CPU ms not measured (--runs 0)" in lines[0] and any(line.startswith("| yolov5n | 1.87M | 4.6 | - | 0.200 (0.200-0.200, 2)") for line in lines)
