@@ -119,7 +119,9 @@ def result_file(opt, model: str, seed: int, tag: str | None = None) -> Path:
 
 def train_one(opt, model: str, seed: int, threads: int) -> str:
     """Train (or resume) one run unless it has a result.json, then (--exports) score its exports; a line for the log."""
+    from models.yolo import read_checkpoint
     from utils.hyp import recipe_for
+    from utils.runs import training_state
 
     folder, result = Path(opt.project) / run_key(opt, model, seed), result_file(opt, model, seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "YOLO_OFFLINE": "1"}
@@ -128,7 +130,9 @@ def train_one(opt, model: str, seed: int, threads: int) -> str:
     else:
         cfg = model_path(model)
         last = folder / "weights" / "last.pt"
-        if last.is_file():
+        if last.is_file() and training_state(read_checkpoint(last)) == "finished":
+            args = None  # stopped after training ended, before its result was written
+        elif last.is_file():
             args = ["--resume", str(last)]
         else:
             base = Path(opt.hyp) if opt.hyp else recipe_for(cfg)
@@ -138,10 +142,11 @@ def train_one(opt, model: str, seed: int, threads: int) -> str:
             args = ["--cfg", str(cfg), "--data", opt.data, "--hyp", str(folder / "hyp.yaml"), "--epochs", str(opt.epochs),
                     "--img", str(opt.img), "--batch-size", str(opt.batch_size), "--seed", str(seed), "--workers", "2",
                     "--project", str(folder.parent), "--name", folder.name, "--exist-ok", "--noplots"]
-        with open(folder / "train.log", "a") as log:
-            rc = subprocess.call([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if rc:
-            return f"FAILED (exit {rc}), see {folder / 'train.log'}"
+        if args is not None:
+            with open(folder / "train.log", "a") as log:
+                rc = subprocess.call([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if rc:
+                return f"FAILED (exit {rc}), see {folder / 'train.log'}"
         result.parent.mkdir(parents=True, exist_ok=True)
         result.write_text(json.dumps({**read_result(folder), "hyp": yaml.safe_load((folder / "hyp.yaml").read_text())}, indent=1))
         line = f"trained: {folder}"

@@ -136,3 +136,27 @@ def test_summary_reports_what_bf16_and_int8_exports_lose(opt):
     opt.runs = 0  # on a busy machine: no times, the rest as before
     lines = bench.summary(opt).splitlines()
     assert "CPU ms not measured (--runs 0)" in lines[0] and any(line.startswith("| yolov5n | 1.87M | 4.6 | - | 0.200 (0.200-0.200, 2)") for line in lines)
+
+
+def test_a_run_stopped_between_its_last_checkpoint_and_its_result_is_not_trained_again(opt, monkeypatch):
+    """The bench stopped after train.py finished but before it wrote the run's JSON: the next start writes the JSON from
+    the run folder (train.py --resume would refuse a finished run); a run stopped mid-training resumes."""
+    from models.yolo import Model, save_checkpoint
+
+    folder = Path(opt.project) / bench.run_key(opt, "yolov5n", 0)
+    model = Model(ROOT / "cfg" / "yolov5n.yaml", nc=1, verbose=False)
+    metrics = {"metrics/mAP50(B)": 0.5, "metrics/mAP50-95(B)": 0.25}
+    (folder / "weights").mkdir(parents=True)
+    save_checkpoint(folder / "weights" / "best.pt", model, train_metrics=metrics)
+    save_checkpoint(folder / "weights" / "last.pt", model, epoch=1, optimizer=None, train_args={"epochs": 2})
+    (folder / "results.csv").write_text("epoch,time\n1,10.0\n2,20.0\n")
+    (folder / "hyp.yaml").write_text("lr0: 0.001\n")
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda args, **kw: calls.append(args) or 0)
+    assert bench.train_one(opt, "yolov5n", 0, threads=1).startswith("trained:") and not calls
+    assert json.loads(bench.result_file(opt, "yolov5n", 0).read_text())["mAP50-95"] == 0.25
+    # the same folder stopped after epoch 1 of 2 (its optimizer state kept): resumed, not restarted
+    bench.result_file(opt, "yolov5n", 0).unlink()
+    save_checkpoint(folder / "weights" / "last.pt", model, epoch=0, optimizer={"state": {}}, train_args={"epochs": 2})
+    bench.train_one(opt, "yolov5n", 0, threads=1)
+    assert calls and calls[0][2:4] == ["--resume", str(folder / "weights" / "last.pt")]

@@ -80,6 +80,15 @@ class ResumeError(ValueError):
     """A --resume that cannot go on: the run finished, or another process is still training it."""
 
 
+def training_state(ckpt: dict) -> str:
+    """Where the run a last.pt belongs to stands: 'finished', 'final validation' (every epoch trained, the final
+    validation not done) or 'training'."""
+    trained = ckpt.get("optimizer") is None or ckpt.get("epoch", -1) + 1 >= (ckpt.get("train_args") or {}).get("epochs", 0)
+    if not trained:
+        return "training"
+    return "final validation" if ckpt.get("final_val") == "pending" or ckpt.get("optimizer") is not None else "finished"
+
+
 def lock_run(save_dir):
     """Hold an exclusive lock on `save_dir/.lock` while this process lives (the OS drops it however we die).
 

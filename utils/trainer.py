@@ -45,7 +45,7 @@ from utils.autoanchor import check_anchors
 from utils.data import EpochSampler, build_yolo_dataset, load_data_config
 from utils.hyp import EXTRA_DEFAULTS, HYP_KEYS, NO_EFFECT
 from utils.validator import HorNetValidator
-from utils.runs import RESUME_ARGS, DiskFullError, ResumeError, keep_epochs, lock_run, other_run, warn_overwrite
+from utils.runs import RESUME_ARGS, DiskFullError, ResumeError, keep_epochs, lock_run, other_run, training_state, warn_overwrite
 from ultralytics import __version__
 from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
@@ -154,10 +154,9 @@ class HorNetTrainer(DetectionTrainer):
         args = dict(ckpt.get("train_args") or {})
         if not args:
             raise ResumeError(f"{last}: has no training args to resume with (not a last.pt of train.py?)")
-        trained = ckpt.get("optimizer") is None or ckpt.get("epoch", -1) + 1 >= args.get("epochs", 0)
-        # a run killed after its last epoch's checkpoint, before its final validation completed, goes on with that
-        self._final_only = trained and (ckpt.get("final_val") == "pending" or ckpt.get("optimizer") is not None)
-        if trained and not self._final_only:
+        state = training_state(ckpt)
+        self._final_only = state == "final validation"  # killed after its last epoch's checkpoint: goes on with that
+        if state == "finished":
             raise ResumeError(f"--resume {last}: that run is finished (epoch {ckpt.get('epoch', -1) + 1} of {args.get('epochs')}), "
                               f"nothing to resume; to train on from its weights: python train.py --weights {last} --epochs N")
         if RANK == -1:
