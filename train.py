@@ -31,8 +31,9 @@ from utils.runs import RESUME_ARGS, DeviceError, DiskFullError, ResumeError, Run
 from utils.trainer import HorNetTrainer  # noqa: E402
 
 DEFAULT_CFG = "cfg/yolov5s-hornet.yaml"
-# The flags of utils.runs.RESUME_ARGS (a resumed run may change them), and the two that say what to resume
-RESUME_FLAGS = {"resume", "project", *({"plots": "noplots"}.get(a, a) for a in RESUME_ARGS)}
+# The flags of utils.runs.RESUME_ARGS (a resumed run may change them), and with the two that say what to resume
+CHANGEABLE_ON_RESUME = [{"plots": "noplots"}.get(a, a) for a in RESUME_ARGS]
+RESUME_FLAGS = {"resume", "project", *CHANGEABLE_ON_RESUME}
 
 
 class FlagError(ValueError):
@@ -119,9 +120,8 @@ def ignored_by_resume(opt: argparse.Namespace) -> list[str]:
 
 def run_args(opt: argparse.Namespace) -> dict:
     """The trainer args of utils.runs.RESUME_ARGS from the flags: how a run runs, not what it learns."""
-    args = {"device": opt.device or None, "workers": opt.workers, "cache": opt.cache or False, "plots": not opt.noplots,
+    return {"device": opt.device or None, "workers": opt.workers, "cache": opt.cache or False, "plots": not opt.noplots,
             "save_period": opt.save_period, "patience": opt.patience}
-    return args
 
 
 def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -> dict:
@@ -139,7 +139,7 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
                 raise FlagError(f"{flag} {value}: must be 1 or more")
     if opt.resume:
         if ignored:
-            may = ", ".join(sorted(f"--{f.replace('_', '-')}" for f in RESUME_FLAGS - {"resume", "project"}))
+            may = ", ".join(f"--{f.replace('_', '-')}" for f in CHANGEABLE_ON_RESUME)
             LOGGER.warning(f"--resume: ignoring {' '.join(ignored)}: a resumed run keeps the arguments it started with "
                            f"(only {may} may change)")
         defaults = run_args(parse_opt([]))

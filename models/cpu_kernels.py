@@ -81,8 +81,11 @@ def probe():
 _LINEAR, UNAVAILABLE = probe()  # UNAVAILABLE: '' when the kernels can run here, else why not
 
 
-def applies(x: torch.Tensor, block: nn.Module) -> bool:
-    """Whether `block` (a gnConv or HorBlock) may run its kernel here: the one dispatch question, see the docstring."""
+def applies(x: torch.Tensor, block: nn.Module, bypassed=None) -> bool:
+    """Whether `block` (a gnConv or HorBlock) may run its kernel here: the one dispatch question, see the docstring.
+
+    `bypassed`: the modules the kernel computes without calling them (their hooks and dtypes are checked); default
+    all of the block's."""
     if not ENABLED or _LINEAR is None or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -93,7 +96,7 @@ def applies(x: torch.Tensor, block: nn.Module) -> bool:
     act = getattr(block, "act", None)  # HorBlock's MLP: the fused kernels compute the exact GELU
     if act is not None and not (isinstance(act, nn.GELU) and act.approximate == "none"):
         return False
-    for m in block.modules():
+    for m in block.modules() if bypassed is None else bypassed:
         if m._forward_hooks or m._forward_pre_hooks:
             return False
         if any(p.dtype != torch.float32 for p in m.parameters(recurse=False)):

@@ -342,8 +342,8 @@ class HorBlock(nn.Module):
 
     def mlp(self, x: torch.Tensor, gamma: torch.Tensor | None = None, residual: torch.Tensor | None = None):
         """gamma * pwconv2(GELU(pwconv1(norm2(x)))) (+ residual) for a channels-last (B, C, H, W) x."""
-        ops = cpu_kernels if cpu_kernels.applies(x, self) else PlainOps
-        return ops.mlp(self, x, gamma, residual)
+        fast = cpu_kernels.applies(x, self, (self.pwconv1, self.act, self.pwconv2))  # norm2 runs as a module either way
+        return (cpu_kernels if fast else PlainOps).mlp(self, x, gamma, residual)
 
     @torch.no_grad()
     def fuse(self) -> "HorBlock":
