@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 from models.yolo import CheckpointError, ModelConfigError  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from utils.data import DataConfigError, load_data_config  # noqa: E402
-from utils.hyp import RECIPES, YOLOV5_HYP, HypError, load_hyp, model_family, recipe_for  # noqa: E402
+from utils.hyp import RECIPES, YOLOV5_HYP, HypError, load_hyp, model_family  # noqa: E402
 from utils.runs import RESUME_ARGS, DeviceError, DiskFullError, ResumeError, RunDirError, check_device, discard_unused_run_dir, increment_run_dir  # noqa: E402
 from utils.trainer import HorNetTrainer  # noqa: E402
 
@@ -88,10 +88,11 @@ def in_repo(path: str | None, folder: str = "") -> str | None:
     return path
 
 
-def model_of(opt: argparse.Namespace) -> str:
-    """The model to build: --cfg, else the model of a checkpoint of ours in --weights, else the default YAML."""
+def model_of(opt: argparse.Namespace) -> tuple[str, str]:
+    """The model to build (--cfg, else the model of a checkpoint of ours in --weights, else the default YAML) and its
+    family ('hornet' or 'yolov5', which picks the recipe), from one read of each file."""
     from models.checkpoints import read_weights
-    from models.yolo import find_model_yaml
+    from models.yolo import find_model_yaml, load_model_yaml
     from utils.export import runnable
 
     if opt.weights:
@@ -104,12 +105,12 @@ def model_of(opt: argparse.Namespace) -> str:
             hint = " (official HorNet weights: a backbone for cfg/hornet/*.yaml)" if weights.source == "official HorNet" else ""
             raise CheckpointError(f"--weights {opt.weights}: holds weights but no model{hint}: give the model to put them in with --cfg")
         if opt.cfg is None:
-            return opt.weights  # YOLOv5: --weights without --cfg trains that checkpoint's model
+            return opt.weights, model_family(weights)  # YOLOv5: --weights without --cfg trains that checkpoint's model
 
     model = find_model_yaml(opt.cfg or DEFAULT_CFG)  # also cfg/NAME and the ultralytics package's models (yolo11n.yaml)
     if model is None:
         raise FileNotFoundError(f"--cfg: model YAML not found: {opt.cfg} (looked in {Path.cwd()}, {ROOT}, cfg/ and the ultralytics package's models)")
-    return str(model)
+    return str(model), model_family(load_model_yaml(model))
 
 
 def ignored_by_resume(opt: argparse.Namespace) -> list[str]:
@@ -145,9 +146,8 @@ def overrides_from(opt: argparse.Namespace, hyp_overrides: dict | None = None) -
         defaults = run_args(parse_opt([]))
         given = {k: v for k, v in run_args(opt).items() if k != "device" and v != defaults[k]}
         return {"resume": opt.resume, "project": project, "device": opt.device or None, **given}
-    model = model_of(opt)
+    model, family = model_of(opt)
     if opt.hyp is None:
-        family = model_family(model)
         opt.hyp = str(RECIPES[family])
         why = "the HorNet recipe: the model has HorNet layers" if family == "hornet" else "the YOLOv5 recipe: no HorNet layers"
         LOGGER.info(f"hyp: {Path(opt.hyp).relative_to(ROOT)} ({why}; --hyp overrides)")
@@ -252,7 +252,7 @@ def evolve_hyp(opt: argparse.Namespace):
         raise ResumeError("--evolve and --resume: an evolution starts new trainings; resume one generation by itself")
     if opt.evolve < 1:
         raise HypError(f"--evolve {opt.evolve}: the number of generations must be at least 1")
-    hyp = in_repo(opt.hyp, "data/hyps") or str(recipe_for(model_of(opt)))
+    hyp = in_repo(opt.hyp, "data/hyps") or str(RECIPES[model_of(opt)[1]])
     return evolve(opt, opt.evolve, {**load_hyp(YOLOV5_HYP), **load_hyp(hyp)}, main)
 
 

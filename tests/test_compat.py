@@ -158,6 +158,6 @@ def test_bare_model_names_are_found_in_cfg_and_in_the_package(tmp_path, monkeypa
     found = find_model_yaml("yolo11n.yaml")
     assert found == PACKAGE_MODELS / "11" / "yolo11n.yaml" and not found.is_file()  # the scale letter, read on load
     assert find_model_yaml("yolo99n.yaml") is None
-    assert train.model_of(train.parse_opt(["--cfg", "yolo11n.yaml"])) == str(found)
+    assert train.model_of(train.parse_opt(["--cfg", "yolo11n.yaml"])) == (str(found), "yolov5")
     with pytest.raises(FileNotFoundError, match="--cfg: model YAML not found: yolo99n.yaml"):
         train.model_of(train.parse_opt(["--cfg", "yolo99n.yaml"]))

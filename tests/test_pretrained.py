@@ -102,7 +102,7 @@ def test_a_checkpoint_in_upper_case_is_a_checkpoint(tmp_path):
 
     f = tmp_path / "yolov5n.PT"
     shutil.copy(peer("yolov5n_raccoon.pt"), f)
-    assert train.model_of(train.parse_opt(["--weights", str(f)])) == str(f)
+    assert train.model_of(train.parse_opt(["--weights", str(f)])) == (str(f), "yolov5")
     assert model_family(str(f)) == "yolov5" and load_model(f).weights_source == "YOLOv5"
 
 

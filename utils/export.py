@@ -163,13 +163,14 @@ def openvino_reduced_precision() -> str | None:
     return None if precision == "f32" else precision
 
 
-def compile_openvino(path, half: bool = False, device: str = "CPU", threads: int | None = None):
+def compile_openvino(path, half: bool = False, device: str = "CPU", threads: int | None = None, **config):
     """The OpenVINO export at `path` compiled for latency: in float32, or with `half` in the device's default
-    (reduced where the hardware has it) precision; on `threads` CPU threads when given."""
+    (reduced where the hardware has it) precision; on `threads` CPU threads when given; `config`: further
+    OpenVINO properties (PERF_COUNT=True for a per-layer profile)."""
     import openvino as ov
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    config = {"PERFORMANCE_HINT": "LATENCY", **config}
     if not half:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:

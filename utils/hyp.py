@@ -100,13 +100,16 @@ def check_hyp(hyp: dict, source) -> dict:
 
 
 def model_family(model) -> str:
-    """'hornet' if any row of a model YAML or of a checkpoint's model is a HorNet layer, else 'yolov5'."""
-    from models.checkpoints import read_weights, weights_format
+    """'hornet' if any row of a model is a HorNet layer, else 'yolov5'. `model`: a model dict or YAML path, a
+    checkpoint path, or a checkpoint read already (`models.checkpoints.Weights`)."""
+    from models.checkpoints import Weights, read_weights, weights_format
     from models.hornet import C3HB, HORNET_LAYERS, HorNet
     from models.registry import REGISTRY
     from models.yolo import load_model_yaml, weights_yaml
 
-    d = weights_yaml(read_weights(model)) if weights_format(model) == "checkpoint" else load_model_yaml(model)
+    if not isinstance(model, (dict, Weights)) and weights_format(model) == "checkpoint":
+        model = read_weights(model)
+    d = weights_yaml(model) if isinstance(model, Weights) else load_model_yaml(model)
     rows = [*(d.get("backbone") or []), *(d.get("head") or [])]
     names = {row[2] for row in rows if isinstance(row, (list, tuple)) and len(row) > 2 and isinstance(row[2], str)}
     hornet = any(name in REGISTRY and issubclass(REGISTRY[name].cls, (*HORNET_LAYERS, C3HB, HorNet)) for name in names)
