@@ -92,7 +92,7 @@ def model_of(opt: argparse.Namespace) -> tuple[str, str]:
     """The model to build (--cfg, else the model of a checkpoint of ours in --weights, else the default YAML) and its
     family ('hornet' or 'yolov5', which picks the recipe), from one read of each file."""
     from models.checkpoints import read_weights
-    from models.yolo import find_model_yaml, load_model_yaml
+    from models.yolo import find_model_yaml
     from utils.export import runnable
 
     if opt.weights:
@@ -110,7 +110,7 @@ def model_of(opt: argparse.Namespace) -> tuple[str, str]:
     model = find_model_yaml(opt.cfg or DEFAULT_CFG)  # also cfg/NAME and the ultralytics package's models (yolo11n.yaml)
     if model is None:
         raise FileNotFoundError(f"--cfg: model YAML not found: {opt.cfg} (looked in {Path.cwd()}, {ROOT}, cfg/ and the ultralytics package's models)")
-    return str(model), model_family(load_model_yaml(model))
+    return str(model), model_family(model)
 
 
 def ignored_by_resume(opt: argparse.Namespace) -> list[str]:

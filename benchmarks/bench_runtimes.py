@@ -49,6 +49,14 @@ STYLES = ("", "-gnconv", "-horblock", "-hornet", "-hornet-gf", "-horfpn")
 RUNTIMES = ("eager, plain layers", "eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO reduced", "OpenVINO INT8")
 
 
+def openvino_exports(model: torch.nn.Module, em: torch.nn.Module, im: torch.Tensor, folder: Path, meta: dict) -> tuple[Path, Path]:
+    """The float OpenVINO export of `em` (the export form of `model`) and its INT8 quantization (calibrated on 60
+    embedded-set images) in `folder`, at im's size: (float folder, INT8 folder)."""
+    size = tuple(im.shape[2:])
+    ov_folder = export_openvino(em, im, folder / f"m{size[0]}_openvino_model", meta)
+    return ov_folder, quantize_openvino(ov_folder, model, ROOT / "data" / "shapes.yaml", size, 0.1, folder / f"m{size[0]}_int8_openvino_model")
+
+
 def runners(model: torch.nn.Module, size: int, folder: Path, threads: int) -> dict:
     """{runtime: a no-argument callable running one 1x3xSxS image} for one model at one size."""
     import onnxruntime as ort
@@ -58,8 +66,7 @@ def runners(model: torch.nn.Module, size: int, folder: Path, threads: int) -> di
     fused = model.fuse(verbose=False)
     meta = export_metadata(model, [size, size], 1, False, False, "onnx", folder / "model.pt")
     onnx_file = export_onnx(em, im, folder / f"m{size}.onnx", meta)
-    ov_folder = export_openvino(em, im, folder / f"m{size}_openvino_model", meta)
-    int8_folder = quantize_openvino(ov_folder, model, ROOT / "data" / "shapes.yaml", (size, size), 0.1, folder / f"m{size}_int8_openvino_model")
+    ov_folder, int8_folder = openvino_exports(model, em, im, folder, meta)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])

@@ -22,13 +22,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_env import ROOT  # noqa: E402,F401  (first: see bench_env)
+import bench_env  # noqa: F401  (first: see bench_env)
 
 import torch  # noqa: E402
 
+from bench_runtimes import openvino_exports  # noqa: E402
 from models.yolo import Model, find_model_yaml  # noqa: E402
-from utils.export import compile_openvino, export_metadata, export_openvino, exportable_model  # noqa: E402
-from utils.quantize import quantize_openvino  # noqa: E402
+from utils.export import compile_openvino, export_metadata, exportable_model  # noqa: E402
 
 
 def layer_times(compiled: dict, x, runs: int) -> tuple[dict, dict]:
@@ -68,8 +68,7 @@ def profile(name: str, size: int, threads: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         meta = export_metadata(model, [size, size], 1, False, False, "openvino", folder / "model.pt")
-        ov_folder = export_openvino(exportable_model(model, im), im, folder / "m_openvino_model", meta)
-        int8_folder = quantize_openvino(ov_folder, model, ROOT / "data" / "shapes.yaml", (size, size), 0.1, folder / "m_int8_openvino_model")
+        ov_folder, int8_folder = openvino_exports(model, exportable_model(model, im), im, folder, meta)
         compiled = {"bf16": compile_openvino(ov_folder, half=True, threads=threads, PERF_COUNT=True),
                     "INT8": compile_openvino(int8_folder, half=False, threads=threads, PERF_COUNT=True)}
         x = im.numpy()
@@ -81,10 +80,9 @@ def profile(name: str, size: int, threads: int, runs: int) -> None:
           f"{wall['INT8']:.1f} ms, {wall['bf16'] / wall['INT8']:.2f}x\n")
     print("| layer type | bf16 ms | INT8 ms | INT8 ms in 8-bit kernels | share of INT8 time |")
     print("|---|---:|---:|---:|---:|")
-    order = sorted(set(kinds["bf16"]) | set(kinds["INT8"]), key=lambda k: -max(kinds["bf16"].get(k, (0,))[0], kinds["INT8"].get(k, (0,))[0]))
-    for k in order:
-        b, (i, i8) = kinds["bf16"].get(k, (0.0, 0.0))[0], kinds["INT8"].get(k, (0.0, 0.0))
-        if max(b, i) >= 0.005 * max(total.values()):
+    rows = {k: (kinds["bf16"].get(k, (0.0, 0.0))[0], *kinds["INT8"].get(k, (0.0, 0.0))) for k in {*kinds["bf16"], *kinds["INT8"]}}
+    for k, (b, i, i8) in sorted(rows.items(), key=lambda row: -max(row[1][:2])):
+        if max(b, i) >= 0.005 * max(total.values()):  # kinds under 0.5 % of the time are left out
             print(f"| {k} | {b:.1f} | {i:.1f} | {i8:.1f} | {i / total['INT8']:.0%} |")
     print(flush=True)
 
