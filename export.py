@@ -100,12 +100,14 @@ def run(
     int8: bool = False,
     data=None,
     fraction: float = 1.0,
+    max_drop: float | None = None,
 ) -> dict:
     """Export `weights` to each format in `include`; returns {format: {'file': Path, 'max_diff': float}}.
 
     In: a checkpoint written by train.py (or save_checkpoint), image size as [size] or [height, width]; `output` the
     folder the exports go to (default: the weights' folder); `int8`: the OpenVINO export quantized to INT8
-    (`<stem>_int8_openvino_model`), calibrated on `fraction` of the training images of `data` (default data/shapes.yaml).
+    (`<stem>_int8_openvino_model`), calibrated on `fraction` of the training images of `data` (default data/shapes.yaml);
+    `max_drop`: with `int8`, layers go back to float until the val split's mAP50-95 is within `max_drop` of float's.
     Raises FileNotFoundError/ValueError for missing or foreign weights or an output folder that cannot be written,
     ExportError when an export does not match PyTorch.
     """
@@ -119,6 +121,8 @@ def run(
         raise ValueError(f"--include {unknown}: supported formats are {list(FORMATS)}")
     if int8 and include != ["openvino"]:
         raise ValueError(f"--int8: INT8 quantization is for OpenVINO exports: use --include openvino, not {' '.join(include)}")
+    if max_drop is not None and not (int8 and max_drop >= 0):
+        raise ValueError(f"--max-drop {max_drop}: " + ("must be 0 or more (mAP50-95, e.g. 0.01)" if int8 else "is for --int8 exports"))
     check_device(device)
     folder = writable_folder(Path(output) if output else weights.parent, given=bool(output))
     device = select_device(device, verbose=False)
@@ -156,7 +160,7 @@ def run(
                 export_openvino(em.float().cpu(), im.float().cpu(), float_folder, metadata, dynamic=dynamic)
                 compare(openvino_output(float_folder, im, half=half), want, max(checked), label, tol)
                 try:
-                    quantize_openvino(float_folder, model, data or ROOT / "data" / "shapes.yaml", tuple(checked), fraction, file)
+                    quantize_openvino(float_folder, model, data or ROOT / "data" / "shapes.yaml", tuple(checked), fraction, file, max_drop)
                 finally:
                     shutil.rmtree(float_folder, ignore_errors=True)
                 diff_boxes, diff_scores = max_diffs(openvino_output(file, im, half=half), want)
@@ -206,6 +210,7 @@ def parse_opt(argv=None):
     parser.add_argument("--int8", action="store_true", help="OpenVINO: INT8 post-training quantization (NNCF), calibrated on --data")
     parser.add_argument("--data", type=str, default=None, help="--int8: dataset YAML whose training images calibrate (default data/shapes.yaml)")
     parser.add_argument("--fraction", type=float, default=1.0, help="--int8: fraction of the training images to calibrate on (at most 300 are used)")
+    parser.add_argument("--max-drop", type=float, default=None, help="--int8: keep layers in float until the val mAP50-95 of --data is within this of float's (e.g. 0.01)")
     opt = parser.parse_args(argv)
     if len(opt.imgsz) > 2:
         parser.error(f"--imgsz takes one size or H W, got {opt.imgsz}")

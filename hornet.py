@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent
 TRAIN_ALIASES = {"batch": "batch_size"}
 TRAIN_NEGATED = {"save": "nosave", "val": "noval", "plots": "noplots"}  # engine True/False -> train.py's no-flags
 VAL_ALIASES = {"batch": "batch_size", "conf": "conf_thres", "iou": "iou_thres", "split": "task"}
-EXPORT_ARGS = {"format", "imgsz", "batch", "device", "half", "dynamic", "simplify", "opset"}
+EXPORT_ARGS = {"format", "imgsz", "batch", "device", "half", "dynamic", "simplify", "opset", "int8", "data", "fraction", "max_drop"}
 
 
 class YOLO(EngineModel):
@@ -166,7 +166,8 @@ class YOLO(EngineModel):
         results = export_script.run(weights=self.ckpt_path, include=[fmt], imgsz=list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz],
                                     batch_size=kwargs.get("batch", 1), device=str(kwargs.get("device") or "cpu"),
                                     half=bool(kwargs.get("half")), dynamic=bool(kwargs.get("dynamic")),
-                                    simplify=bool(kwargs.get("simplify")), opset=kwargs.get("opset"))
+                                    simplify=bool(kwargs.get("simplify")), opset=kwargs.get("opset"), int8=bool(kwargs.get("int8")),
+                                    data=kwargs.get("data"), fraction=kwargs.get("fraction", 1.0), max_drop=kwargs.get("max_drop"))
         return str(results[fmt]["file"])
 
 

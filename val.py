@@ -124,8 +124,13 @@ def check_exported(weights: Path) -> None:
         raise ValueError(f"--weights {weights}: cannot be loaded as a model ({type(e).__name__}: {runtime_reason(e)})") from None
 
 
-def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = "checkpoint", model=None) -> tuple[dict, dict]:
-    """Run the validator into `save_dir`; returns its metrics and speeds."""
+def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = "checkpoint", model=None,
+             compiled=None) -> tuple[dict, dict]:
+    """Run the validator into `save_dir`; returns its metrics and speeds.
+
+    `compiled`: an OpenVINO CompiledModel run in place of the export `weights` (whose metadata still names the classes
+    and stride): how INT8 accuracy control scores its candidates the way val.py scores the export.
+    """
     speed = opt.task == "speed"
     args = {
         "task": "detect",
@@ -144,7 +149,7 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = 
         "save_txt": opt.save_txt and not speed,
         "save_conf": opt.save_conf,
         "save_json": opt.save_json and not speed,
-        "plots": not speed,
+        "plots": not speed and compiled is None,
         "project": str(save_dir.parent),
         "name": save_dir.name,
         "rect": True,
@@ -161,6 +166,7 @@ def validate(opt: argparse.Namespace, weights: Path, save_dir: Path, fmt: str = 
     else:  # exported formats: AutoBackend reads them and their metadata
         args["model"] = str(weights)
         validator = HorNetValidator(save_dir=save_dir, args=args)
+        validator.compiled = compiled
         metrics = validator()
     return {**metrics, "results": validator.metrics}, validator.speed
 

@@ -162,3 +162,29 @@ def test_export_openvino_then_predict_from_it(tmp_path):
     got = YOLO(folder)(str(image), imgsz=192, conf=0.1, verbose=False)[0].boxes
     assert len(got) == len(want) > 0
     assert torch.allclose(got.conf, want.conf, atol=2e-3) and torch.allclose(got.xyxy, want.xyxy, atol=1.0)
+
+
+def test_export_int8_in_the_engine_idiom(tmp_path):
+    """model.export(format="openvino", int8=True, data=..., fraction=...) as in ultralytics: the INT8 folder next to
+    the weights, and its best box on a raccoon photo where the float model's is (a YOLOv5 raccoon checkpoint)."""
+    from ultralytics.utils.metrics import box_iou
+
+    weights = tmp_path / "yolov5n_raccoon.pt"
+    shutil.copy(fixture_file("peer_checkpoints/yolov5n_raccoon.pt"), weights)
+    image = tmp_path / "photo.jpg"
+    shutil.copy(fixture_file("peer_checkpoints/images/raccoon-114.jpg"), image)
+    photos = tmp_path / "photos" / "images"  # calibrated on photos of the kind the model was trained on
+    photos.mkdir(parents=True)
+    for f in fixture_file("peer_checkpoints/images/raccoon-114.jpg").parent.glob("*.jpg"):
+        shutil.copy(f, photos / f.name)
+    data = tmp_path / "photos.yaml"
+    data.write_text(f"path: {photos.parent}\ntrain: images\nval: images\nnames: {{0: raccoon}}\n")
+    model = YOLO(weights)
+    folder = model.export(format="openvino", imgsz=192, int8=True, data=str(data), fraction=1.0)
+    assert folder == str(tmp_path / "yolov5n_raccoon_int8_openvino_model")
+    want = model(str(image), imgsz=192, conf=0.1, rect=False, verbose=False)[0].boxes
+    got = YOLO(folder)(str(image), imgsz=192, conf=0.1, verbose=False)[0].boxes
+    assert len(got) > 0 and len(want) > 0
+    assert box_iou(got.xyxy[:1], want.xyxy[:1]).item() > 0.8 and abs(got.conf[0] - want.conf[0]) < 0.1, (got, want)
+    with pytest.raises(ValueError, match="--max-drop 0.01: is for --int8 exports"):
+        model.export(format="openvino", imgsz=192, max_drop=0.01)

@@ -101,6 +101,9 @@ def export_openvino(model: nn.Module, im: torch.Tensor, folder, metadata: dict, 
 
     folder = Path(folder)
     ov_model = torch2openvino(model, im, dynamic=dynamic, prefix="OpenVINO:")
+    for i, out in enumerate(ov_model.outputs):  # named as in the ONNX export: NNCF's accuracy control reads outputs by name
+        if not out.get_names():
+            out.get_tensor().set_names({f"output{i}"})
     tmp = folder.with_name(folder.name + ".tmp")  # written aside, swapped in whole: a failed export leaves the old one
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

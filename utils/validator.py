@@ -17,7 +17,10 @@ class HorNetValidator(DetectionValidator):
     """The ultralytics DetectionValidator, with datasets built by `utils.data.build_yolo_dataset` (bad rows skipped, named).
 
     Takes the trainer's args too: our extra keys (EXTRA_DEFAULTS) are dropped before the engine checks them.
+    `compiled`, when set, is an OpenVINO CompiledModel that runs in place of the export the args name.
     """
+
+    compiled = None
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None):
         args = {k: v for k, v in (vars(args) if not isinstance(args, dict) and args is not None else args or {}).items()
@@ -30,4 +33,6 @@ class HorNetValidator(DetectionValidator):
     def init_metrics(self, model):
         """The engine's; first an OpenVINO export is set to compute in the precision it was exported for."""
         run_in_export_precision(model, self.args.model, half=self.args.quantize == 16)
+        if self.compiled is not None:
+            model.backend.ov_compiled_model = self.compiled
         super().init_metrics(model)
