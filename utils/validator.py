@@ -31,8 +31,10 @@ class HorNetValidator(DetectionValidator):
         return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, stride=self.stride)
 
     def init_metrics(self, model):
-        """The engine's; first an OpenVINO export is set to compute in the precision it was exported for."""
-        run_in_export_precision(model, self.args.model, half=self.args.quantize == 16)
+        """The engine's; first an OpenVINO export is set to compute in the precision it was exported for (or swapped
+        for `compiled`)."""
         if self.compiled is not None:
             model.backend.ov_compiled_model = self.compiled
+        else:
+            run_in_export_precision(model, self.args.model, half=self.args.quantize == 16)
         super().init_metrics(model)
