@@ -16,6 +16,10 @@ per-image extremes, which clips every image brighter or darker than the average 
 HorFPN 0.025 mAP50-95 (NNCF's accuracy-aware search traced it to the first convolution, i.e. the image's own
 quantizer), the global extremes 0.002, and every style stays within 0.01 of float at the same speed (docs/runtimes.md).
 
+With `--max-drop` NNCF's accuracy control puts layers back in float after quantizing, scoring each candidate with
+val.py's own validation on the val split (`val_map`): a model's sensitivity to 8-bit rounding is its own (on BCCD
+plain YOLOv5n loses 0.001, a gnConv-rows model 0.011, spread over the whole network; docs/runtimes.md).
+
 The float parts are named by the model's own module paths, which OpenVINO's PyTorch frontend keeps in node names
 (`__module.model.5.0.gnconv.dwconv/aten::matmul/MatMul`): a pattern `<module>/.*` takes the module's own operations,
 not its sub-modules' (`<module>.dw/...`).
