@@ -317,36 +317,20 @@ def test_int8_export_keeps_the_map_and_the_global_filter_float(tmp_path, cfg):
 
 
 @needs_openvino
-def test_int8_accuracy_control_scores_as_val_does(tmp_path):
-    """--max-drop's candidates are scored by val.py's own validation: NNCF's validation function, given an INT8 model
-    compiled in memory, returns the mAP50-95 val.py reports for that model's folder (not the float export it stands in
-    for), and the model's outputs on each item NNCF passes (what it ranks layers on)."""
-    import val
-    from utils.export import compile_openvino
-    from utils.quantize import calibration_images, val_map
+def test_int8_accuracy_control(tmp_path):
+    """--max-drop (NNCF's accuracy control).
 
-    weights, data = pseudo_labelled(tmp_path, "cfg/yolov5n-gnconv.yaml", conf=0.3)
-    args = dict(data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
-    float_folder = export.run(weights=weights, include=["openvino"], imgsz=[96])["openvino"]["file"]
-    int8 = export.run(weights=weights, include=["openvino"], imgsz=[96], int8=True, data=data)["openvino"]["file"]
-    items = calibration_images(data, (96, 96), split="val")
-    score, outputs = val_map(data, float_folder, 96)(compile_openvino(int8), items)
-    m_int8 = val.run(weights=str(int8), **args)["metrics/mAP50-95(B)"]
-    m_float = val.run(weights=str(float_folder), **args)["metrics/mAP50-95(B)"]
-    assert score == pytest.approx(m_int8, abs=1e-9) and abs(m_int8 - m_float) > 1e-3, (score, m_int8, m_float)
-    assert len(outputs) == len(items) == 6 and outputs[0][0].shape[:2] == (1, 4 + 3)  # boxes and 3 class scores per anchor
-
-
-@needs_openvino
-def test_int8_max_drop_is_absolute_map(tmp_path):
-    """--max-drop is in mAP50-95 points: allowed just over the plain INT8 export's loss, accuracy control keeps every
+    Its candidates are scored by val.py's own validation: the validation function, given an INT8 model compiled in
+    memory, returns the mAP50-95 val.py reports for that model's folder (not the float export it stands in for), and
+    the model's outputs on each item NNCF passes (what it ranks layers on).
+    The drop is in mAP50-95 points: allowed just over the plain INT8 export's loss, accuracy control keeps every
     convolution in 8 bits (as a relative drop it would have to revert some) and val.py scores it as the plain one.
     Reverting layers is NNCF's; on pseudo-labelled networks it reverts most of them, slowly (docs/export.md#int8)."""
     import openvino as ov
 
     import val
-    from utils.export import openvino_xml
-    from utils.quantize import float_convolutions
+    from utils.export import compile_openvino, openvino_xml
+    from utils.quantize import calibration_images, float_convolutions, val_map
 
     weights, data = pseudo_labelled(tmp_path, "cfg/yolov5n-gnconv.yaml", conf=0.3)
     args = dict(data=str(data), imgsz=96, batch_size=1, workers=0, project=str(tmp_path / "val"))
@@ -355,8 +339,14 @@ def test_int8_max_drop_is_absolute_map(tmp_path):
         folder = export.run(weights=weights, include=["openvino"], imgsz=[96], **kw)["openvino"]["file"]
         return val.run(weights=str(folder), **args)["metrics/mAP50-95(B)"], folder
 
-    m_float, _ = exported()
-    m_plain, _ = exported(int8=True, data=data, output=tmp_path / "plain")
+    m_float, float_folder = exported()
+    m_plain, plain = exported(int8=True, data=data, output=tmp_path / "plain")
+
+    items = calibration_images(data, (96, 96), split="val")
+    score, outputs = val_map(data, float_folder, 96)(compile_openvino(plain), items)
+    assert score == pytest.approx(m_plain, abs=1e-9) and abs(m_plain - m_float) > 1e-3, (score, m_plain, m_float)
+    assert len(outputs) == len(items) == 6 and outputs[0][0].shape[:2] == (1, 4 + 3)  # boxes and 3 class scores per anchor
+
     drop = m_float - m_plain
     assert drop > 0.01, (m_float, m_plain)  # as a fraction of m_float (< 0.5) it is over twice as large
     m_controlled, controlled = exported(int8=True, data=data, output=tmp_path / "controlled", max_drop=drop + 0.002)
